@@ -1,0 +1,1 @@
+"""The versioned, content-addressed artifact store for tenant code bundles. Never executes code."""

@@ -1,0 +1,1 @@
+"""The composition root: tenants, envelopes, the warm sandbox cache, the step bridge, API and CLI."""

@@ -1,0 +1,1 @@
+"""Durable execution: instances, the step journal, timers, events, the scheduler. Knows no tenants."""

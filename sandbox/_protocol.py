@@ -1,0 +1,142 @@
+"""The sandbox protocol: what every backend (wasm, restricted, in-process test) implements.
+
+Design note. Host calls are *synchronous* and are made on the thread that runs the guest, never on
+the event loop thread: guest code always runs off the event loop (the wasm backend in a worker
+thread with the GIL released, the restricted backend in a worker process whose pipe is served by a
+thread). The host side of a call (``HostBridge.call``) is therefore a plain function; a bridge that
+needs the event loop hops to it itself (see ``LoopBridge``). This keeps the hot path (a memoized
+step on replay) free of thread hops when the bridge can answer from memory.
+
+The host call vocabulary (names and JSON shapes) is documented in ``_hostcalls.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ._limits import Limits
+
+JSON = Any
+"""A value made only of dict (str keys), list, str, int, float, bool and None."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """The files of one artifact version, as handed to a sandbox."""
+
+    digest: str
+    """The artifact version digest (``sha256:...``); the identity of this code."""
+    files: Mapping[str, bytes]
+    """Relative POSIX path -> content. Only ``.py`` files are importable; the rest is data."""
+    entry: str = "main.py"
+    """The entry module's path; it must define ``run(event, step)``."""
+
+
+@dataclass(frozen=True, slots=True)
+class InvokeResult:
+    """What one invocation of ``run(event, step)`` produced."""
+
+    output: JSON
+    """The JSON value ``run`` returned (exact JSON types, size-capped)."""
+    stdout: str = ""
+    """Captured ``print``/stdout/stderr text, capped at ``Limits.output_bytes``."""
+    output_truncated: bool = False
+    """True when the captured text hit the cap (a marker was appended)."""
+    host_calls: int = 0
+    """Host calls made during the invocation."""
+    stats: Mapping[str, float] = field(default_factory=dict)
+    """Backend-specific timings (``guest_ms``, ...), for metrics only."""
+
+
+class HostCallError(Exception):
+    """Raised by a ``HostBridge`` to make the guest's host call fail.
+
+    The guest sees an exception of class ``type_name`` (default ``HostError``) with ``message``;
+    nothing else of the host crosses over.
+    """
+
+    def __init__(self, message: str, *, type_name: str = "HostError") -> None:
+        super().__init__(message)
+        self.message = message
+        self.type_name = type_name
+
+
+class HostBridge(Protocol):
+    """The host side of every call the guest makes (steps, bindings, logs).
+
+    ``call`` runs on the sandbox's execution thread, not on the event loop. It returns a JSON value
+    or raises ``HostCallError``; any other exception is treated as a host bug and crashes the
+    invocation with ``SandboxCrashError`` (never shown to the tenant).
+    """
+
+    def call(self, name: str, args: JSON) -> JSON: ...
+
+
+class LoopBridge:
+    """Adapts an async host-call handler to ``HostBridge`` by running it on an event loop."""
+
+    def __init__(
+        self, handler: Callable[[str, JSON], Awaitable[JSON]], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._handler = handler
+        self._loop = loop
+
+    def call(self, name: str, args: JSON) -> JSON:
+        future = asyncio.run_coroutine_threadsafe(self._coro(name, args), self._loop)
+        return future.result()
+
+    async def _coro(self, name: str, args: JSON) -> JSON:
+        return await self._handler(name, args)
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    """One loaded tenant version. Serves one invocation at a time; reusable while ``alive``."""
+
+    @property
+    def alive(self) -> bool:
+        """False once closed or after a trap-class failure (the owner must discard it)."""
+        ...
+
+    async def invoke(self, event: JSON, bridge: HostBridge) -> InvokeResult:
+        """Run the tenant's ``run(event, step)`` once.
+
+        Raises ``TenantError``, ``LimitExceededError``, ``SandboxCrashError`` or ``SandboxClosedError``.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release the sandbox. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class SandboxBackend(Protocol):
+    """A factory of sandboxes of one kind (``wasm``, ``restricted``, ``inprocess``)."""
+
+    name: str
+    """Backend name as used in tenant policy."""
+
+    @property
+    def version(self) -> str:
+        """Changes whenever derived forms produced by ``prepare`` would change (runner, tool versions)."""
+        ...
+
+    async def prepare(self, bundle: Bundle) -> bytes:
+        """Produce the backend's faster-loading derived form of a bundle (e.g. compiled bytecode).
+
+        Raises ``LoadError`` when the bundle cannot be loaded. The result is cached by the platform,
+        keyed by (bundle digest, backend name, backend version); it is never accepted from uploaders.
+        """
+        ...
+
+    async def load(self, bundle: Bundle, *, limits: Limits, derived: bytes | None = None) -> Sandbox:
+        """Load a bundle into a fresh sandbox, using ``derived`` from ``prepare`` when given."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop the backend (worker processes, ticker threads). Idempotent."""
+        ...
