@@ -25,10 +25,12 @@ from ._protocol import (
     Sandbox,
     SandboxBackend,
 )
+from ._registry import TENANT_BACKENDS, create_backend
 
 __all__ = [
     "DEFAULT_LIMITS",
     "JSON",
+    "TENANT_BACKENDS",
     "Bundle",
     "HostBridge",
     "HostCallError",
@@ -44,4 +46,5 @@ __all__ = [
     "SandboxCrashError",
     "SandboxError",
     "TenantError",
+    "create_backend",
 ]

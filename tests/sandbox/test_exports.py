@@ -19,7 +19,9 @@ def test_public_exports_are_pinned() -> None:
         "SandboxClosedError",
         "SandboxCrashError",
         "SandboxError",
+        "TENANT_BACKENDS",
         "TenantError",
+        "create_backend",
     }
 
 
@@ -32,3 +34,10 @@ def test_limits_must_be_finite_and_positive() -> None:
         with pytest.raises(ValueError, match="finite positive"):
             sandbox.Limits(cpu_seconds=bad)
     assert sandbox.Limits().override(host_calls=5).host_calls == 5
+
+
+def test_unknown_backend_is_a_clear_error() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown sandbox backend 'nope'; choose one of"):
+        sandbox.create_backend("nope")
