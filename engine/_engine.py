@@ -1,0 +1,637 @@
+"""The engine: instance lifecycle, the scheduler loop, and runs.
+
+A run: the scheduler pops a ready instance (fairly between concurrency keys), loads its journal,
+calls the executor with a ``Journal``, and records the outcome. The journal is authoritative about
+suspensions and fatal errors: whatever the executor returns, a pending timer means "waiting" and
+a non-determinism error means "errored".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+
+from ._clock import Clock, SystemClock
+from ._errors import (
+    EngineError,
+    EngineValidationError,
+    InstanceNotFoundError,
+    InvalidTransitionError,
+    RunAborted,
+    StepFailedError,
+    Suspend,
+)
+from ._journal import Journal
+from ._model import (
+    FINISHED,
+    Complete,
+    CreateRequest,
+    EngineConfig,
+    ErrorInfo,
+    Failed,
+    Instance,
+    InstanceStatus,
+    Outcome,
+    Page,
+    RestartFrom,
+    Status,
+    Suspended,
+)
+from ._ready import ReadyQueue
+from ._steplog import instance_record
+from ._store import EngineStore, NewInstance, RunFinish, StoredInstance
+from ._validation import encode_payload, validate_id
+
+log = logging.getLogger(__name__)
+
+_LIVE = (Status.QUEUED, Status.RUNNING, Status.WAITING, Status.WAITING_FOR_PAUSE)
+_ALL = tuple(Status)
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """What an executor gets for one run."""
+
+    instance: Instance
+    """The instance (its params are the opaque JSON value given at creation)."""
+    journal: Journal
+    """The durable step API for this run."""
+
+
+class Executor(Protocol):
+    """Runs one instance's workflow from the top (replaying completed steps via the journal)."""
+
+    async def execute(self, run: RunContext) -> Outcome: ...
+
+
+class Engine:
+    """Durable execution of instances. Knows nothing about what runs inside them."""
+
+    def __init__(
+        self,
+        store: EngineStore,
+        executor: Executor,
+        *,
+        config: EngineConfig | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config or EngineConfig()
+        self.clock: Clock = clock or SystemClock()
+        self._executor = executor
+        self._ready = ReadyQueue(self.config.max_concurrency, self.config.max_concurrency_per_key)
+        self._active: dict[int, tuple[Journal, asyncio.Task[None]]] = {}
+        self._requeue: dict[int, str] = {}
+        self._watchers: dict[int, list[asyncio.Future[None]]] = {}
+        self._timer_wakeup = asyncio.Event()
+        self._next_timer: int | None = None
+        self._stopping = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._started = False
+        self.runs_started = 0
+        """Runs (wake-ups) started by this engine, for metrics."""
+
+    # -- lifecycle of the engine ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, recover instances that were ready or running, start the scheduler."""
+        if self._started:
+            return
+        await self.store.open()
+        self._started = True
+        for pk, key in await self.store.ready_instances():
+            self._ready.push(pk, key)
+        self._loops = [
+            asyncio.create_task(self._timer_loop(), name="tenantflow-timers"),
+            asyncio.create_task(self._purge_loop(), name="tenantflow-purge"),
+        ]
+        self._dispatch()
+
+    async def aclose(self) -> None:
+        """Stop scheduling, cancel in-flight runs (they resume on the next start), close the store."""
+        if not self._started:
+            return
+        self._started = False
+        self._stopping.set()
+        self._timer_wakeup.set()
+        tasks = [task for _, task in self._active.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*self._loops, *tasks, return_exceptions=True)
+        await self.store.aclose()
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # -- instances -----------------------------------------------------------------------------
+
+    async def create(self, namespace: str, request: CreateRequest) -> Instance:
+        """Create one instance and queue it."""
+        return (await self.create_batch(namespace, [request]))[0]
+
+    async def create_batch(self, namespace: str, requests: Sequence[CreateRequest]) -> list[Instance]:
+        """Create up to ``max_batch`` instances atomically: all of them, or none."""
+        if not requests:
+            raise EngineValidationError("instances", "the batch is empty")
+        if len(requests) > self.config.max_batch:
+            raise EngineValidationError(
+                "instances", f"{len(requests)} in one batch; the limit is {self.config.max_batch}"
+            )
+        now = self.clock.now_ms()
+        rows = [self._new_row(namespace, request, now, index) for index, request in enumerate(requests)]
+        seen: set[str] = set()
+        for row in rows:
+            if row.id in seen:
+                raise EngineValidationError("instances", f"instance id {row.id!r} appears twice in the batch")
+            seen.add(row.id)
+        pks = await self.store.insert_instances(rows)
+        for pk, row in zip(pks, rows, strict=True):
+            self._enqueue(pk, row.concurrency_key)
+        return [
+            Instance(
+                namespace=namespace,
+                id=row.id,
+                workflow=row.workflow,
+                status=Status.QUEUED,
+                params=request.params,
+                output=None,
+                error=None,
+                concurrency_key=row.concurrency_key,
+                created_at=now,
+                started_at=None,
+                ended_at=None,
+                updated_at=now,
+                wake_at=None,
+                retention_ms=row.retention_ms,
+                generation=0,
+            )
+            for row, request in zip(rows, requests, strict=True)
+        ]
+
+    def _new_row(self, namespace: str, request: CreateRequest, now: int, index: int) -> NewInstance:
+        where = f"instances[{index}]." if index else ""
+        instance_id = str(uuid.uuid4()) if request.id is None else validate_id(request.id, f"{where}id")
+        validate_id(request.workflow, f"{where}workflow")
+        if not isinstance(request.concurrency_key, str):
+            raise EngineValidationError(f"{where}concurrency_key", "must be a string")
+        retention = request.retention_ms
+        if retention is not None and (
+            isinstance(retention, bool) or not isinstance(retention, int) or retention <= 0
+        ):
+            raise EngineValidationError(
+                f"{where}retention", f"must be a positive number of ms, got {retention!r}"
+            )
+        params = encode_payload(request.params, f"{where}params", self.config.max_params_bytes)
+        return NewInstance(
+            namespace, instance_id, request.workflow, params, request.concurrency_key, now, retention
+        )
+
+    async def get(self, namespace: str, instance_id: str) -> Instance:
+        """The instance, or ``InstanceNotFoundError``."""
+        return (await self._lookup(namespace, instance_id)).instance
+
+    async def status(self, namespace: str, instance_id: str) -> InstanceStatus:
+        """``{status, error, output}``."""
+        instance = await self.get(namespace, instance_id)
+        return InstanceStatus(instance.status, instance.error, instance.output)
+
+    async def describe(
+        self, namespace: str, instance_id: str, *, payload: Callable[[Any], Any] = lambda value: value
+    ) -> dict[str, Any]:
+        """The full instance record with ``steps[]`` in the Cloudflare shape.
+
+        ``payload`` maps every stored payload (params, outputs, event payloads) for display.
+        """
+        stored = await self._lookup(namespace, instance_id)
+        entries = await self.store.journal(stored.pk)
+        return instance_record(stored.instance, entries, payload)
+
+    async def list(
+        self,
+        namespace: str,
+        *,
+        workflow: str | None = None,
+        status: Status | str | Collection[Status | str] | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+        descending: bool = False,
+    ) -> Page:
+        """Instances of a namespace, oldest first (or newest first), one page at a time."""
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 1 <= limit <= self.config.max_list_limit
+        ):
+            raise EngineValidationError("limit", f"must be 1 to {self.config.max_list_limit}, got {limit!r}")
+        statuses: list[str] | None = None
+        if status is not None:
+            wanted = [status] if isinstance(status, str) else list(status)
+            try:
+                statuses = [Status(s).value for s in wanted]
+            except ValueError:
+                allowed = ", ".join(s.value for s in Status)
+                raise EngineValidationError(
+                    "status", f"{wanted!r} is not a status; use one of {allowed}"
+                ) from None
+        rows = await self.store.list_instances(
+            namespace,
+            workflow=workflow,
+            statuses=statuses,
+            created_after=created_after,
+            created_before=created_before,
+            after=_decode_cursor(cursor) if cursor else None,
+            limit=limit + 1,
+            descending=descending,
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = _encode_cursor(rows[-1]) if more and rows else None
+        return Page([row.instance for row in rows], next_cursor)
+
+    async def wait(
+        self,
+        namespace: str,
+        instance_id: str,
+        *,
+        statuses: Collection[Status] = FINISHED,
+        timeout: float = 60.0,
+    ) -> Instance:
+        """Wait until the instance reaches one of ``statuses`` (for tests, tools and the demo)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                stored = await self._lookup(namespace, instance_id)
+                if stored.instance.status in statuses:
+                    return stored.instance
+                future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._watchers.setdefault(stored.pk, []).append(future)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(future), 1.0)
+
+    # -- lifecycle operations ------------------------------------------------------------------
+
+    async def pause(self, namespace: str, instance_id: str) -> Instance:
+        """Pause: a running instance stops at its next step boundary (``waitingForPause``)."""
+        stored = await self._lookup(namespace, instance_id)
+        status = stored.instance.status
+        if status in (Status.PAUSED, Status.WAITING_FOR_PAUSE):
+            return stored.instance
+        if status in FINISHED:
+            raise InvalidTransitionError(instance_id, "pause", status)
+        now = self.clock.now_ms()
+        active = self._active.get(stored.pk)
+        if active is not None:
+            updated = await self.store.update_instance(
+                stored.pk, expect_status=_LIVE, changes={"status": Status.WAITING_FOR_PAUSE.value}, now=now
+            )
+            active[0].pause_requested = True
+        else:
+            updated = await self.store.update_instance(
+                stored.pk,
+                expect_status=_LIVE,
+                changes={
+                    "status": Status.PAUSED.value,
+                    "wake_at": None,
+                    "paused_wake_at": stored.raw_wake_at or 0,
+                },
+                now=now,
+            )
+        return self._after_transition(stored, updated, "pause")
+
+    async def resume(self, namespace: str, instance_id: str) -> Instance:
+        """Resume a paused instance (or cancel a pause that has not taken effect yet)."""
+        stored = await self._lookup(namespace, instance_id)
+        status = stored.instance.status
+        now = self.clock.now_ms()
+        if status == Status.WAITING_FOR_PAUSE:
+            updated = await self.store.update_instance(
+                stored.pk,
+                expect_status=(Status.WAITING_FOR_PAUSE,),
+                changes={"status": Status.RUNNING.value},
+                now=now,
+            )
+            active = self._active.get(stored.pk)
+            if active is not None:
+                active[0].pause_requested = False
+            return self._after_transition(stored, updated, "resume")
+        if status != Status.PAUSED:
+            if status in FINISHED:
+                raise InvalidTransitionError(instance_id, "resume", status)
+            return stored.instance
+        wake = stored.paused_wake_at or 0
+        updated = await self.store.update_instance(
+            stored.pk,
+            expect_status=(Status.PAUSED,),
+            changes={
+                "status": (Status.QUEUED if wake == 0 else Status.WAITING).value,
+                "wake_at": wake,
+                "paused_wake_at": None,
+            },
+            now=now,
+        )
+        instance = self._after_transition(stored, updated, "resume")
+        if wake == 0:
+            self._enqueue(stored.pk, stored.instance.concurrency_key)
+        else:
+            self._note_timer(wake)
+        return instance
+
+    async def terminate(self, namespace: str, instance_id: str) -> Instance:
+        """Stop the instance for good; an in-flight run is abandoned and can no longer commit."""
+        stored = await self._lookup(namespace, instance_id)
+        if stored.instance.status in FINISHED:
+            raise InvalidTransitionError(instance_id, "terminate", stored.instance.status)
+        now = self.clock.now_ms()
+        updated = await self.store.update_instance(
+            stored.pk,
+            expect_status=(*_LIVE, Status.PAUSED),
+            changes={
+                "status": Status.TERMINATED.value,
+                "wake_at": None,
+                "paused_wake_at": None,
+                "waiting_event": None,
+                "ended_at": now,
+                "purge_at": now + self._retention(stored.instance),
+            },
+            now=now,
+            bump_generation=True,
+        )
+        self._abort_active(stored.pk)
+        return self._after_transition(stored, updated, "terminate")
+
+    async def restart(
+        self, namespace: str, instance_id: str, from_step: RestartFrom | None = None
+    ) -> Instance:
+        """Run again from the start, or from ``from_step`` keeping the results of the steps before it."""
+        stored = await self._lookup(namespace, instance_id)
+        keep = 0
+        if from_step is not None:
+            entries = await self.store.journal(stored.pk)
+            matches = [
+                e.seq
+                for e in entries
+                if (e.name, e.count, e.type) == (from_step.name, from_step.count, from_step.type)
+            ]
+            if not matches:
+                raise EngineValidationError(
+                    "from",
+                    f"no {from_step.type} named {from_step.name!r} (occurrence {from_step.count}) in the journal "
+                    f"of instance {instance_id!r}",
+                )
+            keep = matches[0]
+        now = self.clock.now_ms()
+        updated = await self.store.update_instance(
+            stored.pk,
+            expect_status=_ALL,
+            changes={
+                "status": Status.QUEUED.value,
+                "wake_at": 0,
+                "output": None,
+                "error_name": None,
+                "error_message": None,
+                "ended_at": None,
+                "purge_at": None,
+                "paused_wake_at": None,
+                "waiting_event": None,
+            },
+            now=now,
+            bump_generation=True,
+        )
+        await self.store.truncate_journal(stored.pk, keep)
+        self._abort_active(stored.pk)
+        instance = self._after_transition(stored, updated, "restart")
+        self._enqueue(stored.pk, stored.instance.concurrency_key)
+        return instance
+
+    async def delete(self, namespace: str, instance_id: str) -> None:
+        """Delete the instance, its journal and its events (an in-flight run is abandoned)."""
+        stored = await self._lookup(namespace, instance_id)
+        await self.store.update_instance(stored.pk, expect_status=_ALL, changes={}, now=self.clock.now_ms(),
+                                         bump_generation=True)  # fmt: skip
+        self._abort_active(stored.pk)
+        await self.store.delete_instance(stored.pk)
+        self._notify(stored.pk)
+
+    async def send_event(self, namespace: str, instance_id: str, event_type: str, payload: Any = None) -> int:
+        """Buffer an event for the instance; wakes it if it waits for that type. Returns the receive time."""
+        validate_id(event_type, "event type")
+        text = encode_payload(payload, "event payload", self.config.max_event_bytes)
+        stored = await self._lookup(namespace, instance_id)
+        if stored.instance.status in FINISHED:
+            raise InvalidTransitionError(instance_id, "send an event to", stored.instance.status)
+        now = self.clock.now_ms()
+        try:
+            woke = await self.store.add_event(
+                stored.pk, event_type, text, now, self.config.max_buffered_events
+            )
+        except InvalidTransitionError as exc:
+            raise InvalidTransitionError(instance_id, exc.operation, exc.status) from None
+        if woke:
+            self._enqueue(stored.pk, stored.instance.concurrency_key)
+        return now
+
+    async def purge_expired(self) -> int:
+        """Delete finished instances whose retention has passed; returns how many."""
+        total = 0
+        while True:
+            purged = await self.store.purge_finished(self.clock.now_ms(), 1_000)
+            total += purged
+            if purged < 1_000:
+                return total
+
+    # -- internals: lookups and transitions ----------------------------------------------------
+
+    async def _lookup(self, namespace: str, instance_id: str) -> StoredInstance:
+        if not isinstance(instance_id, str):
+            raise EngineValidationError("instance_id", "must be a string")
+        stored = await self.store.get_instance(namespace, instance_id)
+        if stored is None:
+            raise InstanceNotFoundError(namespace, instance_id)
+        return stored
+
+    def _after_transition(
+        self, before: StoredInstance, after: StoredInstance | None, operation: str
+    ) -> Instance:
+        if after is None:  # the status changed under us (a run finished meanwhile)
+            raise InvalidTransitionError(before.instance.id, operation, "no longer in the status it was")
+        self._notify(before.pk)
+        return after.instance
+
+    def _retention(self, instance: Instance) -> int:
+        return instance.retention_ms or self.config.default_retention_ms
+
+    def _abort_active(self, pk: int) -> None:
+        active = self._active.get(pk)
+        if active is not None:
+            active[0].request_abort()
+            active[1].cancel()
+
+    def _notify(self, pk: int) -> None:
+        for future in self._watchers.pop(pk, ()):
+            if not future.done():
+                future.set_result(None)
+
+    # -- internals: scheduling -----------------------------------------------------------------
+
+    def _enqueue(self, pk: int, key: str) -> None:
+        if pk in self._active:
+            self._requeue[pk] = key
+            return
+        self._ready.push(pk, key)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        if not self._started:
+            return
+        while (item := self._ready.pop()) is not None:
+            pk, key = item
+            task = asyncio.create_task(self._run(pk, key))
+            self.runs_started += 1
+            task.add_done_callback(_log_crash)
+
+    def _note_timer(self, wake_at: int) -> None:
+        if self._next_timer is None or wake_at < self._next_timer:
+            self._next_timer = wake_at
+            self._timer_wakeup.set()
+
+    async def _timer_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._timer_wakeup.clear()
+            try:
+                due = await self.store.claim_due(self.clock.now_ms(), self.config.timer_batch)
+                for pk, key in due:
+                    self._enqueue(pk, key)
+                if len(due) == self.config.timer_batch:
+                    continue
+                self._next_timer = await self.store.next_wake()
+            except Exception:  # a busy or failing database must not kill the scheduler
+                log.exception("timer scan failed; retrying in 1 s")
+                self._next_timer = self.clock.now_ms() + 1_000
+            await self.clock.wait(self._next_timer, self._timer_wakeup)
+
+    async def _purge_loop(self) -> None:
+        while not self._stopping.is_set():
+            await self.clock.wait(self.clock.now_ms() + self.config.purge_interval_ms, self._stopping)
+            if self._stopping.is_set():
+                return
+            try:
+                await self.purge_expired()
+            except Exception:
+                log.exception("purging finished instances failed; will retry")
+
+    async def _run(self, pk: int, key: str) -> None:
+        try:
+            await self._execute(pk)
+        finally:
+            self._active.pop(pk, None)
+            self._ready.release(key)
+            requeue_key = self._requeue.pop(pk, None)
+            if requeue_key is not None:
+                self._ready.push(pk, requeue_key)
+            self._dispatch()
+
+    async def _execute(self, pk: int) -> None:
+        loaded = await self.store.load_run(pk)
+        if loaded is None:
+            return
+        stored, entries = loaded
+        instance = stored.instance
+        if instance.status not in _LIVE or stored.raw_wake_at != 0:
+            return  # paused, finished or rescheduled since it was queued
+        journal = Journal(
+            store=self.store, config=self.config, clock=self.clock, pk=pk, instance=instance, entries=entries
+        )
+        task = asyncio.current_task()
+        assert task is not None
+        self._active[pk] = (journal, task)
+        if instance.status == Status.WAITING_FOR_PAUSE:
+            journal.pause_requested = True
+        else:
+            self.store.mark_running(pk, instance.generation, self.clock.now_ms())
+        outcome: Outcome
+        try:
+            outcome = await self._executor.execute(RunContext(instance, journal))
+        except Suspend:
+            outcome = Suspended()
+        except RunAborted:
+            return
+        except asyncio.CancelledError:
+            if journal.aborted or not self._started:
+                return
+            raise
+        except StepFailedError as exc:
+            outcome = Failed(ErrorInfo(exc.error_name, exc.message))
+        except Exception as exc:
+            outcome = Failed(ErrorInfo(type(exc).__name__, str(exc)))
+        if journal.aborted:
+            return
+        finish = self._finish(journal, outcome)
+        result = await self.store.finish_run(pk, instance.generation, finish)
+        if result == "requeue":
+            self._requeue[pk] = instance.concurrency_key
+        elif result == "waiting" and finish.wake_at:
+            self._note_timer(finish.wake_at)
+        self._notify(pk)
+
+    def _finish(self, journal: Journal, outcome: Outcome) -> RunFinish:
+        now = self.clock.now_ms()
+        purge_at = now + self._retention(journal.instance)
+        if journal.fatal is not None:
+            outcome = Failed(ErrorInfo(type(journal.fatal).__name__, str(journal.fatal)))
+        elif journal.suspension is not None:
+            wake_at, event_type = journal.suspension
+            return RunFinish("suspended", now, wake_at=wake_at, waiting_event=event_type)
+        if isinstance(outcome, Complete):
+            try:
+                output = encode_payload(outcome.output, "workflow output", self.config.max_result_bytes)
+            except EngineError as exc:
+                outcome = Failed(ErrorInfo(type(exc).__name__, str(exc)))
+            else:
+                return RunFinish("complete", now, output=output, purge_at=purge_at)
+        if isinstance(outcome, Suspended):
+            outcome = Failed(
+                ErrorInfo(
+                    "EngineError",
+                    "the executor reported a suspension, but no timer, event or retry is pending",
+                )
+            )
+        return RunFinish(
+            "errored",
+            now,
+            error_name=outcome.error.name,
+            error_message=outcome.error.message,
+            purge_at=purge_at,
+        )
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("instance run crashed", exc_info=task.exception())
+
+
+def _encode_cursor(row: StoredInstance) -> str:
+    raw = f"{row.instance.created_at}:{row.pk}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[int, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, pk = raw.split(":")
+        return int(created_at), int(pk)
+    except (ValueError, UnicodeDecodeError):
+        raise EngineValidationError("cursor", "is not a cursor returned by list; start without one") from None

@@ -1,0 +1,606 @@
+"""The SQLite engine store (aiosqlite, WAL, ``synchronous=FULL`` by default) with group commit.
+
+Design note. A durable step costs one fsync of the WAL. Committing each step in its own transaction
+would cap throughput at the disk's fsync rate no matter how many instances run. Instead every write
+is queued to ``_GroupCommitter``, which runs everything queued so far in ONE transaction, each write
+inside its own SAVEPOINT (so one refused write, e.g. a stale generation, does not undo the others),
+then commits once and resolves every waiter. While a batch is being written, new writes queue up
+for the next one: throughput grows with concurrency, and a lone writer still pays one fsync.
+
+aiosqlite has no public call to run a function on its connection thread; a whole batch must be
+one hop there, so we use ``Connection._execute`` (present and stable since aiosqlite 0.17). Reads use
+a second connection so they never wait behind a batch's fsync (WAL lets them run concurrently).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ._errors import InstanceExistsError, InvalidTransitionError
+from ._model import EngineConfig, ErrorInfo, Instance, Status, iso_ms
+from ._store import (
+    EngineStore,
+    FinishResult,
+    NewInstance,
+    RunFinish,
+    StaleRunError,
+    StepEntry,
+    StoredInstance,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    pk INTEGER PRIMARY KEY,
+    ns TEXT NOT NULL,
+    id TEXT NOT NULL,
+    workflow TEXT NOT NULL,
+    status TEXT NOT NULL,
+    params TEXT,
+    output TEXT,
+    error_name TEXT,
+    error_message TEXT,
+    ckey TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    started_at INTEGER,
+    ended_at INTEGER,
+    updated_at INTEGER NOT NULL,
+    wake_at INTEGER,
+    paused_wake_at INTEGER,
+    waiting_event TEXT,
+    retention_ms INTEGER,
+    purge_at INTEGER,
+    generation INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (ns, id)
+);
+CREATE INDEX IF NOT EXISTS ix_instances_wake ON instances (wake_at) WHERE wake_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ix_instances_list ON instances (ns, created_at, pk);
+CREATE INDEX IF NOT EXISTS ix_instances_purge ON instances (purge_at) WHERE purge_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS steps (
+    instance_pk INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    name TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    start_at INTEGER NOT NULL,
+    end_at INTEGER,
+    output TEXT,
+    error_name TEXT,
+    error_message TEXT,
+    wake_at INTEGER,
+    event_type TEXT,
+    config TEXT,
+    attempts TEXT NOT NULL,
+    PRIMARY KEY (instance_pk, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    pk INTEGER PRIMARY KEY,
+    instance_pk INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    payload TEXT,
+    received_at INTEGER NOT NULL,
+    consumed_seq INTEGER
+);
+CREATE INDEX IF NOT EXISTS ix_events_pending ON events (instance_pk, type, pk) WHERE consumed_seq IS NULL;
+CREATE INDEX IF NOT EXISTS ix_events_instance ON events (instance_pk, consumed_seq);
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+"""
+_INSTANCE_COLUMNS = (
+    "pk, ns, id, workflow, status, params, output, error_name, error_message, ckey, created_at, started_at, "
+    "ended_at, updated_at, wake_at, paused_wake_at, waiting_event, retention_ms, generation"
+)
+_STEP_COLUMNS = (
+    "seq, type, name, count, state, start_at, end_at, output, error_name, error_message, wake_at, "
+    "event_type, config, attempts"
+)
+_UPDATABLE = frozenset(
+    {"status", "output", "error_name", "error_message", "started_at", "ended_at", "wake_at",
+     "paused_wake_at", "waiting_event", "purge_at", "params"}
+)  # fmt: skip
+_LIVE = ("queued", "running", "waiting", "waitingForPause")
+
+Op = Callable[[sqlite3.Connection], Any]
+
+
+async def on_db_thread(db: aiosqlite.Connection, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on the connection's own thread, in one hop (see the module note)."""
+    return await db._execute(fn)  # type: ignore[no-untyped-call]
+
+
+def _row_to_instance(row: Sequence[Any]) -> StoredInstance:
+    error = ErrorInfo(row[7], row[8] or "") if row[7] is not None else None
+    instance = Instance(
+        namespace=row[1],
+        id=row[2],
+        workflow=row[3],
+        status=Status(row[4]),
+        params=None if row[5] is None else json.loads(row[5]),
+        output=None if row[6] is None else json.loads(row[6]),
+        error=error,
+        concurrency_key=row[9],
+        created_at=row[10],
+        started_at=row[11],
+        ended_at=row[12],
+        updated_at=row[13],
+        wake_at=row[14] if row[14] else None,
+        retention_ms=row[17],
+        generation=row[18],
+    )
+    return StoredInstance(row[0], instance, row[15], row[16], row[14])
+
+
+def _row_to_step(row: Sequence[Any]) -> StepEntry:
+    return StepEntry(
+        seq=row[0], type=row[1], name=row[2], count=row[3], state=row[4], start_at=row[5], end_at=row[6],
+        output=row[7], error_name=row[8], error_message=row[9], wake_at=row[10], event_type=row[11],
+        config=row[12], attempts=json.loads(row[13]),
+    )  # fmt: skip
+
+
+def _write_step(conn: sqlite3.Connection, pk: int, e: StepEntry) -> None:
+    conn.execute(
+        f"INSERT OR REPLACE INTO steps (instance_pk, {_STEP_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (pk, e.seq, e.type, e.name, e.count, e.state, e.start_at, e.end_at, e.output, e.error_name,
+         e.error_message, e.wake_at, e.event_type, e.config, json.dumps(e.attempts, separators=(",", ":"))),
+    )  # fmt: skip
+
+
+def _check_generation(conn: sqlite3.Connection, pk: int, generation: int) -> str:
+    row = conn.execute("SELECT status, generation FROM instances WHERE pk = ?", (pk,)).fetchone()
+    if row is None or row[1] != generation:
+        raise StaleRunError(pk)
+    status: str = row[0]
+    return status
+
+
+class _GroupCommitter:
+    """Runs queued writes in shared transactions (see the module note)."""
+
+    def __init__(self, db: aiosqlite.Connection, max_batch: int = 2_000) -> None:
+        self._db = db
+        self._queue: list[tuple[Op, asyncio.Future[Any] | None]] = []
+        self._wakeup = asyncio.Event()
+        self._max_batch = max_batch
+        self._closing = False
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="tenantflow-group-commit")
+
+    def submit(self, op: Op) -> asyncio.Future[Any]:
+        if self._closing:
+            raise RuntimeError("the engine store is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((op, future))
+        self._wakeup.set()
+        return future
+
+    def submit_nowait(self, op: Op) -> None:
+        if not self._closing:
+            self._queue.append((op, None))
+            self._wakeup.set()
+
+    async def aclose(self) -> None:
+        self._closing = True
+        self._wakeup.set()
+        await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+                try:
+                    results = await on_db_thread(self._db, functools.partial(self._run_batch, batch))
+                except BaseException as exc:  # the COMMIT itself failed: every write in the batch failed
+                    log.error("group commit of %d writes failed: %s", len(batch), exc)
+                    results = [(False, exc)] * len(batch)
+                for (_, future), (ok, value) in zip(batch, results, strict=True):
+                    if future is None:
+                        if not ok and not isinstance(value, StaleRunError):
+                            log.warning("background write failed: %s", value)
+                    elif not future.done():
+                        if ok:
+                            future.set_result(value)
+                        else:
+                            future.set_exception(value)
+            if self._closing:
+                return
+
+    def _run_batch(self, batch: list[tuple[Op, asyncio.Future[Any] | None]]) -> list[tuple[bool, Any]]:
+        conn: sqlite3.Connection = self._db._conn
+        results: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for op, _ in batch:
+                conn.execute("SAVEPOINT w")
+                try:
+                    results.append((True, op(conn)))
+                    conn.execute("RELEASE w")
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO w")
+                    conn.execute("RELEASE w")
+                    results.append((False, exc))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+
+class SqliteStore(EngineStore):
+    """The embedded default store: one SQLite file."""
+
+    def __init__(self, path: str | Path, config: EngineConfig | None = None) -> None:
+        self.path = Path(path)
+        self._config = config or EngineConfig()
+        self._writer_db: aiosqlite.Connection | None = None
+        self._reader_db: aiosqlite.Connection | None = None
+        self._committer: _GroupCommitter | None = None
+
+    async def open(self) -> None:
+        if self._committer is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await self._connect()
+        await writer.executescript(_SCHEMA)
+        row = await (await writer.execute("SELECT version FROM schema_version")).fetchone()
+        if row is None:
+            await writer.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif row[0] > SCHEMA_VERSION:
+            await writer.close()
+            raise RuntimeError(
+                f"{self.path} has engine schema version {row[0]}, newer than this tenantflow "
+                f"({SCHEMA_VERSION}); upgrade tenantflow"
+            )
+        self._writer_db = writer
+        self._reader_db = await self._connect()
+        await self._reader_db.execute("PRAGMA query_only = ON")
+        self._committer = _GroupCommitter(writer)
+
+    async def _connect(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute(f"PRAGMA synchronous = {self._config.synchronous}")
+        await db.execute(f"PRAGMA busy_timeout = {int(self._config.busy_timeout_ms)}")
+        return db
+
+    async def aclose(self) -> None:
+        committer, self._committer = self._committer, None
+        if committer is not None:
+            await committer.aclose()
+        for db in (self._reader_db, self._writer_db):
+            if db is not None:
+                await db.close()
+        self._reader_db = self._writer_db = None
+
+    def _write(self, op: Op) -> asyncio.Future[Any]:
+        if self._committer is None:
+            raise RuntimeError(
+                "the engine store is not open (call open() or use it as an async context manager)"
+            )
+        return self._committer.submit(op)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        db = self._reader_db
+        if db is None:
+            raise RuntimeError("the engine store is not open")
+        return await on_db_thread(db, lambda: fn(db._conn))
+
+    # -- instances -----------------------------------------------------------------------------
+
+    async def insert_instances(self, rows: Sequence[NewInstance]) -> list[int]:
+        def op(conn: sqlite3.Connection) -> list[int]:
+            pks = []
+            for r in rows:
+                try:
+                    cur = conn.execute(
+                        "INSERT INTO instances (ns, id, workflow, status, params, ckey, created_at, updated_at, "
+                        "wake_at, retention_ms) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, 0, ?)",
+                        (r.namespace, r.id, r.workflow, r.params, r.concurrency_key, r.created_at, r.created_at,
+                         r.retention_ms),
+                    )  # fmt: skip
+                except sqlite3.IntegrityError:
+                    raise InstanceExistsError(r.namespace, r.id) from None
+                pks.append(int(cur.lastrowid or 0))
+            return pks
+
+        result: list[int] = await self._write(op)
+        return result
+
+    async def get_instance(self, namespace: str, instance_id: str) -> StoredInstance | None:
+        def fn(conn: sqlite3.Connection) -> StoredInstance | None:
+            row = conn.execute(
+                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE ns = ? AND id = ?", (namespace, instance_id)
+            ).fetchone()
+            return None if row is None else _row_to_instance(row)
+
+        result: StoredInstance | None = await self._read(fn)
+        return result
+
+    async def list_instances(
+        self,
+        namespace: str,
+        *,
+        workflow: str | None,
+        statuses: Collection[str] | None,
+        created_after: int | None,
+        created_before: int | None,
+        after: tuple[int, int] | None,
+        limit: int,
+        descending: bool,
+    ) -> list[StoredInstance]:
+        where = ["ns = ?"]
+        args: list[Any] = [namespace]
+        if workflow is not None:
+            where.append("workflow = ?")
+            args.append(workflow)
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args.extend(statuses)
+        if created_after is not None:
+            where.append("created_at >= ?")
+            args.append(created_after)
+        if created_before is not None:
+            where.append("created_at < ?")
+            args.append(created_before)
+        if after is not None:
+            where.append("(created_at, pk) < (?, ?)" if descending else "(created_at, pk) > (?, ?)")
+            args.extend(after)
+        order = "DESC" if descending else "ASC"
+        sql = (
+            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE {' AND '.join(where)} "
+            f"ORDER BY created_at {order}, pk {order} LIMIT ?"
+        )
+        args.append(limit)
+
+        def fn(conn: sqlite3.Connection) -> list[StoredInstance]:
+            return [_row_to_instance(r) for r in conn.execute(sql, args).fetchall()]
+
+        result: list[StoredInstance] = await self._read(fn)
+        return result
+
+    async def update_instance(
+        self,
+        pk: int,
+        *,
+        expect_status: Collection[str],
+        changes: dict[str, Any],
+        now: int,
+        bump_generation: bool = False,
+    ) -> StoredInstance | None:
+        unknown = set(changes) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"cannot update instance columns {sorted(unknown)}")
+        sets = [f"{column} = ?" for column in changes]
+        sets.append("updated_at = ?")
+        if bump_generation:
+            sets.append("generation = generation + 1")
+        values = [*changes.values(), now]
+        sql = (
+            f"UPDATE instances SET {', '.join(sets)} WHERE pk = ? "
+            f"AND status IN ({','.join('?' * len(expect_status))}) RETURNING {_INSTANCE_COLUMNS}"
+        )
+
+        def op(conn: sqlite3.Connection) -> StoredInstance | None:
+            row = conn.execute(sql, (*values, pk, *expect_status)).fetchone()
+            return None if row is None else _row_to_instance(row)
+
+        result: StoredInstance | None = await self._write(op)
+        return result
+
+    async def delete_instance(self, pk: int) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM steps WHERE instance_pk = ?", (pk,))
+            conn.execute("DELETE FROM events WHERE instance_pk = ?", (pk,))
+            conn.execute("DELETE FROM instances WHERE pk = ?", (pk,))
+
+        await self._write(op)
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    async def load_run(self, pk: int) -> tuple[StoredInstance, list[StepEntry]] | None:
+        def fn(conn: sqlite3.Connection) -> tuple[StoredInstance, list[StepEntry]] | None:
+            row = conn.execute(f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE pk = ?", (pk,)).fetchone()
+            if row is None:
+                return None
+            steps = conn.execute(
+                f"SELECT {_STEP_COLUMNS} FROM steps WHERE instance_pk = ? ORDER BY seq", (pk,)
+            ).fetchall()
+            return _row_to_instance(row), [_row_to_step(s) for s in steps]
+
+        result: tuple[StoredInstance, list[StepEntry]] | None = await self._read(fn)
+        return result
+
+    def mark_running(self, pk: int, generation: int, now: int) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE instances SET status = 'running', started_at = COALESCE(started_at, ?), updated_at = ? "
+                "WHERE pk = ? AND generation = ? AND status IN ('queued', 'waiting', 'running')",
+                (now, now, pk, generation),
+            )
+
+        if self._committer is not None:
+            self._committer.submit_nowait(op)
+
+    async def save_step(self, pk: int, generation: int, entry: StepEntry) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            _check_generation(conn, pk, generation)
+            _write_step(conn, pk, entry)
+
+        await self._write(op)
+
+    async def take_event(
+        self, pk: int, generation: int, entry: StepEntry, now: int, save_waiting: bool
+    ) -> tuple[str, int] | None:
+        def op(conn: sqlite3.Connection) -> tuple[str, int] | None:
+            _check_generation(conn, pk, generation)
+            row = conn.execute(
+                "SELECT pk, payload, received_at FROM events WHERE instance_pk = ? AND type = ? "
+                "AND consumed_seq IS NULL ORDER BY pk LIMIT 1",
+                (pk, entry.event_type),
+            ).fetchone()
+            if row is None:
+                if save_waiting:
+                    _write_step(conn, pk, entry)
+                return None
+            conn.execute("UPDATE events SET consumed_seq = ? WHERE pk = ?", (entry.seq, row[0]))
+            payload = row[1] if row[1] is not None else "null"
+            entry.state, entry.end_at = "complete", now
+            entry.output = f'{{"payload":{payload},"timestamp":"{iso_ms(row[2])}","type":{json.dumps(entry.event_type)}}}'
+            _write_step(conn, pk, entry)
+            return payload, row[2]
+
+        result: tuple[str, int] | None = await self._write(op)
+        return result
+
+    async def finish_run(self, pk: int, generation: int, finish: RunFinish) -> FinishResult:
+        def op(conn: sqlite3.Connection) -> FinishResult:
+            try:
+                status = _check_generation(conn, pk, generation)
+            except StaleRunError:
+                return "stale"
+            if status not in ("running", "waitingForPause", "queued", "waiting"):
+                return "stale"
+            if finish.kind != "suspended":
+                conn.execute(
+                    "UPDATE instances SET status = ?, output = ?, error_name = ?, error_message = ?, ended_at = ?, "
+                    "updated_at = ?, wake_at = NULL, waiting_event = NULL, purge_at = ? WHERE pk = ?",
+                    ("complete" if finish.kind == "complete" else "errored", finish.output, finish.error_name,
+                     finish.error_message, finish.now, finish.now, finish.purge_at, pk),
+                )  # fmt: skip
+                return "finished"
+            wake_at = finish.wake_at
+            if finish.waiting_event is not None:
+                pending = conn.execute(
+                    "SELECT 1 FROM events WHERE instance_pk = ? AND type = ? AND consumed_seq IS NULL LIMIT 1",
+                    (pk, finish.waiting_event),
+                ).fetchone()
+                if pending is not None:
+                    wake_at = 0
+            if status == "waitingForPause":
+                conn.execute(
+                    "UPDATE instances SET status = 'paused', wake_at = NULL, paused_wake_at = ?, waiting_event = ?, "
+                    "updated_at = ? WHERE pk = ?",
+                    (wake_at, finish.waiting_event, finish.now, pk),
+                )
+                return "paused"
+            conn.execute(
+                "UPDATE instances SET status = ?, wake_at = ?, waiting_event = ?, updated_at = ? WHERE pk = ?",
+                ("queued" if wake_at == 0 else "waiting", wake_at, finish.waiting_event, finish.now, pk),
+            )
+            return "requeue" if wake_at == 0 else "waiting"
+
+        result: FinishResult = await self._write(op)
+        return result
+
+    async def truncate_journal(self, pk: int, keep_before: int) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE events SET consumed_seq = NULL WHERE instance_pk = ? AND consumed_seq >= ?",
+                (pk, keep_before),
+            )
+            conn.execute("DELETE FROM steps WHERE instance_pk = ? AND seq >= ?", (pk, keep_before))
+
+        await self._write(op)
+
+    # -- events --------------------------------------------------------------------------------
+
+    async def add_event(
+        self, pk: int, event_type: str, payload: str | None, now: int, max_buffered: int
+    ) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT status, waiting_event, wake_at FROM instances WHERE pk = ?", (pk,)
+            ).fetchone()
+            if row is None or row[0] not in (*_LIVE, "paused"):
+                raise InvalidTransitionError(str(pk), "send an event to", row[0] if row else "deleted")
+            (buffered,) = conn.execute(
+                "SELECT COUNT(*) FROM events WHERE instance_pk = ? AND consumed_seq IS NULL", (pk,)
+            ).fetchone()
+            if buffered >= max_buffered:
+                raise InvalidTransitionError(
+                    str(pk),
+                    f"buffer another event ({buffered} unconsumed, the limit is {max_buffered}) for",
+                    row[0],
+                )
+            conn.execute(
+                "INSERT INTO events (instance_pk, type, payload, received_at) VALUES (?, ?, ?, ?)",
+                (pk, event_type, payload, now),
+            )
+            if row[0] == "waiting" and row[1] == event_type and row[2]:
+                conn.execute("UPDATE instances SET wake_at = 0, updated_at = ? WHERE pk = ?", (now, pk))
+                return True
+            return False
+
+        result: bool = await self._write(op)
+        return result
+
+    # -- scheduling ----------------------------------------------------------------------------
+
+    async def claim_due(self, now: int, limit: int) -> list[tuple[int, str]]:
+        def op(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+            rows = conn.execute(
+                "UPDATE instances SET wake_at = 0 WHERE pk IN (SELECT pk FROM instances WHERE wake_at > 0 "
+                "AND wake_at <= ? ORDER BY wake_at LIMIT ?) RETURNING pk, ckey",
+                (now, limit),
+            ).fetchall()
+            return [(r[0], r[1]) for r in rows]
+
+        result: list[tuple[int, str]] = await self._write(op)
+        return result
+
+    async def next_wake(self) -> int | None:
+        def fn(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute("SELECT MIN(wake_at) FROM instances WHERE wake_at > 0").fetchone()
+            return None if row is None else row[0]
+
+        result: int | None = await self._read(fn)
+        return result
+
+    async def ready_instances(self) -> list[tuple[int, str]]:
+        def fn(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+            rows = conn.execute("SELECT pk, ckey FROM instances WHERE wake_at = 0 ORDER BY pk").fetchall()
+            return [(r[0], r[1]) for r in rows]
+
+        result: list[tuple[int, str]] = await self._read(fn)
+        return result
+
+    async def purge_finished(self, now: int, limit: int) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            pks = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT pk FROM instances WHERE purge_at IS NOT NULL AND purge_at <= ? LIMIT ?",
+                    (now, limit),
+                )
+            ]
+            for pk in pks:
+                conn.execute("DELETE FROM steps WHERE instance_pk = ?", (pk,))
+                conn.execute("DELETE FROM events WHERE instance_pk = ?", (pk,))
+                conn.execute("DELETE FROM instances WHERE pk = ?", (pk,))
+            return len(pks)
+
+        result: int = await self._write(op)
+        return result
+
+    async def journal(self, pk: int) -> list[StepEntry]:
+        def fn(conn: sqlite3.Connection) -> list[StepEntry]:
+            rows = conn.execute(
+                f"SELECT {_STEP_COLUMNS} FROM steps WHERE instance_pk = ? ORDER BY seq", (pk,)
+            ).fetchall()
+            return [_row_to_step(r) for r in rows]
+
+        result: list[StepEntry] = await self._read(fn)
+        return result
