@@ -1,0 +1,85 @@
+"""Versioned SQLite schema of the artifact store. Append migrations; never edit an applied one.
+
+Times are integer microseconds since the Unix epoch (UTC). Blob digests are bare hex; version
+digests carry the ``sha256:`` prefix. Composite primary keys put the namespace first, so every
+lookup the API makes is a primary-key (or unique-index) probe whose cost grows with log(rows),
+not with the number of namespaces.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: initial schema
+    """
+    CREATE TABLE blobs (
+        digest TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        data BLOB NOT NULL
+    );
+    CREATE TABLE bundles (
+        digest TEXT PRIMARY KEY,
+        manifest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        file_count INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE bundle_files (
+        bundle TEXT NOT NULL REFERENCES bundles(digest),
+        path TEXT NOT NULL,
+        blob TEXT NOT NULL REFERENCES blobs(digest),
+        PRIMARY KEY (bundle, path)
+    ) WITHOUT ROWID;
+    CREATE INDEX bundle_files_blob ON bundle_files(blob);
+    CREATE TABLE workflows (
+        namespace TEXT NOT NULL,
+        workflow TEXT NOT NULL,
+        last_number INTEGER NOT NULL,
+        PRIMARY KEY (namespace, workflow)
+    ) WITHOUT ROWID;
+    CREATE TABLE versions (
+        namespace TEXT NOT NULL,
+        workflow TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        digest TEXT NOT NULL REFERENCES bundles(digest),
+        created_at INTEGER NOT NULL,
+        uploader TEXT NOT NULL,
+        PRIMARY KEY (namespace, workflow, number),
+        UNIQUE (namespace, workflow, digest)
+    ) WITHOUT ROWID;
+    CREATE INDEX versions_digest ON versions(digest);
+    CREATE TABLE aliases (
+        namespace TEXT NOT NULL,
+        workflow TEXT NOT NULL,
+        alias TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        generation INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        updated_by TEXT NOT NULL,
+        PRIMARY KEY (namespace, workflow, alias)
+    ) WITHOUT ROWID;
+    CREATE TABLE alias_history (
+        namespace TEXT NOT NULL,
+        workflow TEXT NOT NULL,
+        alias TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        number INTEGER,
+        previous INTEGER,
+        actor TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        PRIMARY KEY (namespace, workflow, alias, generation)
+    ) WITHOUT ROWID;
+    CREATE TABLE derived (
+        digest TEXT NOT NULL REFERENCES bundles(digest),
+        backend TEXT NOT NULL,
+        backend_version TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (digest, backend, backend_version)
+    );
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
