@@ -19,6 +19,13 @@ class StopReading(Exception):
     """A cap was hit or the archive is unreadable: stop reading, report what was found so far."""
 
 
+def printable(name: str) -> str:
+    """A name safe to show: control characters and undecodable bytes as escapes (``\\x00``)."""
+    return "".join(
+        ch if ch.isprintable() and not 0xD800 <= ord(ch) <= 0xDFFF else ascii(ch)[1:-1] for ch in name
+    )
+
+
 def _fmt_bytes(n: float) -> str:
     return f"{int(n):,} bytes"
 
@@ -41,7 +48,7 @@ class Collector:
     def problem(
         self, path: str | None, message: str, line: int | None = None, column: int | None = None
     ) -> None:
-        self.problems.append(Problem(path, line, column, message))
+        self.problems.append(Problem(None if path is None else printable(path), line, column, message))
 
     def fatal(self, path: str | None, message: str) -> StopReading:
         """Record a problem that ends reading; ``raise collector.fatal(...)``."""
@@ -52,7 +59,7 @@ class Collector:
 
     def check_name(self, raw: str, *, is_dir: bool) -> str | None:
         """Validate an entry name; return the normalized bundle path, or None if rejected."""
-        shown = raw.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+        shown = raw
         if any(0xD800 <= ord(ch) <= 0xDFFF for ch in raw):
             self.problem(shown, "file name is not valid UTF-8; rename it")
             return None
