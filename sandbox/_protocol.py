@@ -49,6 +49,9 @@ class InvokeResult:
     """Host calls made during the invocation."""
     stats: Mapping[str, float] = field(default_factory=dict)
     """Backend-specific timings (``guest_ms``, ...), for metrics only."""
+    suspended: bool = False
+    """True when the host answered ``suspend`` during the invocation (``output`` is then None).
+    The host's own record stays authoritative; this saves the caller from tracking it."""
 
 
 class HostCallError(Exception):

@@ -9,6 +9,7 @@ call import carries JSON text both ways. Everything imported here is snapshotted
 import base64
 import json
 import marshal
+import sys
 
 import _tenantflow_preload  # noqa: F401  (the tenant-visible stdlib)
 import _tenantflow_sdk as sdk
@@ -47,6 +48,10 @@ class _State:
     run = None
 
 
+# Created while the runner is pre-initialized, so a load does not pay for building the facades.
+_RUNTIME = sdk.Runtime(_host_call)
+
+
 class WitWorld(wit_world.WitWorld):
     def compile(self, files):
         request = _loads(files)
@@ -74,9 +79,8 @@ class WitWorld(wit_world.WitWorld):
             raise Err(_dumps({"message": "derived form from another runner version"}))
         data = marshal.loads(base64.b64decode(derived[len(_DERIVED_MAGIC) :]))
         opts = _loads(options)
-        runtime = sdk.Runtime(
-            _host_call, result_bytes=int(opts["result_bytes"]), output_bytes=int(opts["output_bytes"])
-        )
+        runtime = _RUNTIME
+        runtime.configure(result_bytes=int(opts["result_bytes"]), output_bytes=int(opts["output_bytes"]))
         try:
             run = runtime.load_entry(sdk.TenantImporter(data["modules"]), data["entry"])
         except sdk.LoadFailure as exc:
@@ -94,3 +98,66 @@ class WitWorld(wit_world.WitWorld):
         if output is not None:
             text = text[:-1] + ',"output":' + output + "}"
         return text
+
+
+_WARM_MAIN = """
+import random, time, uuid, datetime, json
+import _tf_warm_helpers as helpers
+from tenantflow import env, NonRetryableError
+
+def run(event, step):
+    @step.do("one")
+    def one(ctx):
+        return {"n": ctx["attempt"], "r": random.random(), "t": time.time()}
+
+    a = one()
+    b = step.do("two", lambda: [helpers.x, str(uuid.uuid4())], retries={"limit": 1})
+    step.sleep("nap", 1000)
+    print("warm", a["n"], random.random(), time.time(), datetime.datetime.now(), file=None)
+    try:
+        env.kv.get(key="k")
+    except Exception:
+        pass
+    return {"a": a, "b": b, "u": str(uuid.uuid4()), "j": json.dumps({"x": 1})}
+"""
+
+
+def _warm_up():
+    """Run the whole load/invoke path once while componentize-py pre-initializes the runner.
+
+    The snapshot then holds already-specialized bytecode and warm caches, so a fresh instance
+    writes (and so copies) fewer of its memory image's pages: faster cold starts, less memory.
+    """
+    import gc
+
+    def fake_host_call(name, args):
+        if name == "step.do":
+            return {"action": "run", "count": 1, "attempt": 1, "config": {}, "time": 1000}
+        if name.startswith("env."):
+            raise sdk.HostCallFailed("PermissionError", "not granted")
+        return {"action": "continue", "time": 2000}
+
+    world = WitWorld()
+    derived = world.compile(
+        _dumps({"files": {"main.py": _WARM_MAIN, "_tf_warm_helpers.py": "x = [1, 2]\n"}, "entry": "main.py"})
+    )
+    runtime = _RUNTIME
+    runtime.configure(host_call=fake_host_call)
+    data = marshal.loads(base64.b64decode(derived[len(_DERIVED_MAGIC) :]))
+    importer = sdk.TenantImporter(data["modules"])
+    run = runtime.load_entry(importer, data["entry"])
+    for _ in range(3):
+        outcome = runtime.invoke(run, {"payload": {}, "timestamp": 0, "instanceId": "warm"})
+        _dumps(outcome)
+    _loads(_dumps({"status": "ok", "x": [1, 2.5, "s", None, True]}))
+    # Leave no trace of the warm-up tenant behind.
+    for name in ("main", "_tf_warm_helpers", "tenantflow"):
+        sys.modules.pop(name, None)
+    sys.meta_path.remove(importer)
+    runtime.configure(host_call=_host_call)
+    runtime._tenant_files = frozenset()
+    gc.collect()
+    gc.freeze()  # the snapshot's objects are never scanned (and so never dirtied) by the GC
+
+
+_warm_up()

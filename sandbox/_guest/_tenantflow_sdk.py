@@ -328,13 +328,9 @@ class TenantImporter:
         entry = self._modules.get(fullname)
         if entry is None:
             return None
-        import importlib.util
+        from importlib.machinery import ModuleSpec
 
-        filename, is_pkg, _code = entry
-        spec = importlib.util.spec_from_loader(fullname, self, origin=filename, is_package=is_pkg)
-        if spec is not None:
-            spec.has_location = False
-        return spec
+        return ModuleSpec(fullname, self, origin=entry[0], is_package=entry[1])
 
     def create_module(self, spec):
         return None
@@ -345,6 +341,29 @@ class TenantImporter:
         if is_pkg:
             module.__path__ = []
         exec(code, module.__dict__)
+
+    def import_module(self, fullname):
+        """Import a tenant module without the import system's Python-level machinery (fast path)."""
+        module = sys.modules.get(fullname)
+        if module is not None:
+            return module
+        parent, _, _ = fullname.rpartition(".")
+        if parent:
+            self.import_module(parent)
+        filename, is_pkg, code = self._modules[fullname]
+        module = type(sys)(fullname)
+        module.__spec__ = self.find_spec(fullname)
+        module.__loader__ = self
+        module.__package__ = fullname if is_pkg else parent
+        sys.modules[fullname] = module
+        try:
+            self.exec_module(module)
+        except BaseException:
+            sys.modules.pop(fullname, None)
+            raise
+        if parent:
+            setattr(sys.modules[parent], fullname.rpartition(".")[2], module)
+        return module
 
     def install(self):
         if self not in sys.meta_path:
@@ -365,7 +384,7 @@ def _det_rng():
     rt = _ACTIVE.get()
     if rt is None or rt._in_callback:
         return None
-    return rt._rng
+    return rt._body_rng()
 
 
 def install_determinism(patch_datetime=True):
@@ -449,7 +468,7 @@ def _random_wrapper(name, real):
         rt = _ACTIVE.get()
         if rt is None or rt._in_callback:
             return real(*args, **kwargs)
-        return getattr(rt._rng, name)(*args, **kwargs)
+        return getattr(rt._body_rng(), name)(*args, **kwargs)
 
     wrapper.__name__ = name
     wrapper.__qualname__ = name
@@ -512,11 +531,22 @@ class Runtime:
         self._position = 0
         self._seed_base = ""
         self._rng = _random_module.Random(0)
+        self._rng_position = None
+        self._step = _make_step(self)
         self._in_callback = 0
         self._suspended = False
         self._memory_exhausted = False
         self._tenant_files = frozenset()
         self.tenantflow_module = _make_tenantflow_module(self)
+
+    def configure(self, result_bytes=None, output_bytes=None, host_call=None):
+        """Change limits (or the host-call function) of a runtime created ahead of time."""
+        if result_bytes is not None:
+            self.result_bytes = result_bytes
+        if output_bytes is not None:
+            self.output = OutputCapture(output_bytes)
+        if host_call is not None:
+            self._host_call = host_call
 
     # ----------------------------------------------------------------- loading
 
@@ -525,11 +555,9 @@ class Runtime:
         importer.install()
         self._tenant_files = frozenset(importer.tenant_files())
         sys.modules["tenantflow"] = self.tenantflow_module
-        import importlib
-
         token = _ACTIVE.set(self)
         try:
-            module = importlib.import_module(entry_module)
+            module = importer.import_module(entry_module)
         except (SuspendSignal, AbortSignal, LimitSignal) as exc:
             raise LoadFailure(f"{type(exc).__name__} while importing {entry_module}") from None
         except Exception as exc:
@@ -553,13 +581,13 @@ class Runtime:
         self._memory_exhausted = False
         self._in_callback = 0
         self._position = 0
+        self._rng_position = None
         if not isinstance(event, dict):
             event = {"payload": event}
         now = _parse_time_ms(event.get("timestamp"))
         self._now_ms = now if now is not None else _REAL.get("time", _time_module.time)() * 1000.0
         self._seed_base = str(event.get("instanceId", ""))
-        self._reseed()
-        step = _make_step(self)
+        step = self._step
         old_out, old_err = sys.stdout, sys.stderr
         if capture_stdio:
             sys.stdout = sys.stderr = self.output
@@ -620,10 +648,13 @@ class Runtime:
         t = answer.get("time") if type(answer) is dict else None
         if type(t) is int or type(t) is float:
             self._now_ms = float(t)
-        self._reseed()
 
-    def _reseed(self):
-        self._rng.seed(f"{self._seed_base}:{self._position}", version=2)
+    def _body_rng(self):
+        """The workflow body's generator, (re)seeded lazily for the current journal position."""
+        if self._rng_position != self._position:
+            self._rng.seed(f"{self._seed_base}:{self._position}", version=2)
+            self._rng_position = self._position
+        return self._rng
 
     def _suspend(self):
         self._suspended = True
