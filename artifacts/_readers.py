@@ -156,6 +156,15 @@ class _GzipStream(io.RawIOBase):
         del self._buf[:n]
         return n
 
+    def _next_member(self, data: bytes) -> bool:
+        """After one gzip member ends: start the next (concatenated gzip) or treat the rest as padding."""
+        if data.startswith(b"\x1f\x8b"):
+            self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            return True
+        self._pending = b""
+        self._eof = True  # trailing garbage or zero padding after the archive, as gzip(1) ignores it
+        return False
+
     def _step(self) -> None:
         data = self._pending
         if not data:
@@ -163,20 +172,20 @@ class _GzipStream(io.RawIOBase):
             self.compressed += len(data)
             if not data:
                 if not self._d.eof and self.decompressed == 0:
-                    raise self._c.fatal(None, "not a gzip-compressed tar archive (empty upload)")
+                    raise self._c.fatal(None, "the upload is empty or truncated: no gzip data")
                 if not self._d.eof:
                     raise self._c.fatal(None, "gzip stream ends early; the upload is truncated")
                 self._eof = True
                 return
-            if self._d.eof:  # a further gzip member follows (concatenated gzip)
-                self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            if self._d.eof and not self._next_member(data):
+                return  # only padding follows the last gzip member
         try:
             out = self._d.decompress(data, CHUNK)
         except zlib.error as exc:
             raise self._c.fatal(None, f"not a valid gzip stream ({exc}); upload a .tar.gz") from exc
         self._pending = self._d.unconsumed_tail or (self._d.unused_data if self._d.eof else b"")
         if self._d.eof and self._pending:
-            self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            self._next_member(self._pending)
         self.decompressed += len(out)
         limits = self._c.limits
         if self.decompressed > self._cap:
@@ -229,7 +238,7 @@ def _read_tar_member(tf: tarfile.TarFile, member: tarfile.TarInfo, c: Collector)
         c.problem(name, bad)
         return
     path = c.check_name(name, is_dir=False)
-    if path is not None and not c.check_declared(path, member.size):
+    if path is None or not c.check_declared(path, member.size):
         return  # tarfile skips the data; _GzipStream still counts every byte it decompresses
     member_file = tf.extractfile(member)
     if member_file is None:  # pragma: no cover - regular members always have a file object

@@ -148,11 +148,13 @@ class SqliteBackend(StorageBackend):
             await db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                await db.execute("COMMIT")
             except BaseException:
                 # Shielded: a cancelled caller must not leave the connection inside a transaction.
-                await asyncio.shield(db.execute("ROLLBACK"))
+                # SQLite may already have rolled back (e.g. on SQLITE_FULL); don't mask the cause.
+                if db.in_transaction:
+                    await asyncio.shield(db.execute("ROLLBACK"))
                 raise
-            await db.execute("COMMIT")
 
     async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return list(await self._reader.execute_fetchall(sql, params))

@@ -223,3 +223,31 @@ async def test_upload_arguments_are_checked(store: SqliteArtifactStore) -> None:
     ]
     error = await rejected(store, b"garbage", filename="b.tgz")
     assert messages(error)[0].startswith("not a valid gzip stream")
+
+
+async def test_gzip_padding_and_concatenated_members_are_accepted(store: SqliteArtifactStore) -> None:
+    import gzip
+
+    tar = gzip.decompress(tgz_of(files()))
+    padded = await store.upload(NS, gzip.compress(tar) + b"\0" * 1024, filename="b.tgz", uploader="u")
+    split = await store.upload(
+        NS, gzip.compress(tar[:700]) + gzip.compress(tar[700:]), filename="b.tgz", uploader="u"
+    )
+    assert padded.created and not split.created
+    assert split.version.digest == padded.version.digest
+
+
+async def test_pax_header_declaring_gigabytes_is_stopped_by_the_stream_cap(
+    store: SqliteArtifactStore,
+) -> None:
+    import gzip
+    import tarfile
+
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type = tarfile.XHDTYPE
+    header.size = 0o77777777777  # 8 GiB of "extended header" that tarfile would try to read
+    hostile = gzip.compress(header.tobuf(tarfile.USTAR_FORMAT) + b"\0" * (8 * 1024 * 1024))
+    error = await rejected(store, hostile, filename="b.tgz")
+    assert messages(error) == [
+        "archive expands more than 100:1 while decompressing (possible gzip bomb); stopped reading"
+    ]
