@@ -76,7 +76,11 @@ def _bulk_insert(path: Path, count: int, manifest: str, created_at: int) -> None
             db.executemany(
                 "INSERT INTO aliases (namespace, workflow, alias, number, generation, updated_at, updated_by) "
                 "VALUES (?, ?, ?, 1, 1, ?, 'bench')",
-                ((_namespace(i), WORKFLOW, alias, created_at) for i in block for alias in ("latest", "production")),
+                (
+                    (_namespace(i), WORKFLOW, alias, created_at)
+                    for i in block
+                    for alias in ("latest", "production")
+                ),
             )
             db.execute("COMMIT")
         db.execute("ANALYZE")
@@ -119,7 +123,9 @@ async def _measure(path: Path, count: int, samples: int, real_digest: str) -> di
 async def _one(count: int, samples: int, tmp: Path) -> dict[str, Any]:
     path = tmp / f"artifacts-{count}.db"
     async with await SqliteArtifactStore.open(path) as store:
-        real = await store.upload(_namespace(0), _bundle(), filename="b.zip", uploader="bench", aliases=["production"])
+        real = await store.upload(
+            _namespace(0), _bundle(), filename="b.zip", uploader="bench", aliases=["production"]
+        )
     manifest = real.version.manifest.to_json()
     started = time.perf_counter()
     _bulk_insert(path, count, manifest, created_at=0)
