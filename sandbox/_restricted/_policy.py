@@ -123,7 +123,8 @@ def compile_module(source: str, filename: str) -> Any:
         first = str(result.errors[0])
         match = re.match(r"Line (\d+):", first)
         return_line = int(match.group(1)) if match else None
-        raise CompileFailure("; ".join(str(e) for e in result.errors[:5]), return_line)
+        messages = [re.sub(r"^Line \d+: ", "", str(error)) for error in result.errors[:5]]
+        raise CompileFailure("; ".join(messages), return_line)
     return result.code
 
 

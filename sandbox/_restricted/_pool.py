@@ -225,8 +225,16 @@ class WorkerProcess:
             self.kill()
         finally:
             code = self._reap()
+            self._close_pipes()
             with contextlib.suppress(RuntimeError):  # a closed loop: the pool is gone
                 self.pool.loop.call_soon_threadsafe(self.pool.worker_exited, self, code)
+
+    def _close_pipes(self) -> None:
+        with self._write_lock:
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
 
     def _reap(self) -> int | None:
         try:
@@ -273,8 +281,7 @@ class WorkerProcess:
             self.kill()
             return False
         try:
-            with self._write_lock:
-                _frames.write_all(self._write_fd, frame)
+            self._write(frame)
         except OSError:
             return False
         return True
@@ -323,6 +330,8 @@ class WorkerProcess:
 
     def _write(self, frame: bytes) -> None:
         with self._write_lock:
+            if self.proc.stdin is None or self.proc.stdin.closed:
+                raise BrokenPipeError("the worker is gone")
             _frames.write_all(self._write_fd, frame)
 
     def _wall_expired(self, call: _Call) -> None:
@@ -332,6 +341,7 @@ class WorkerProcess:
             )
             self.kill("wall")
             call.future.set_result(None)
+            self.pool.discard(self)
 
     def exited(self, code: int | None) -> None:
         """The process is gone: settle its in-flight request with the right error."""
@@ -357,13 +367,12 @@ class WorkerProcess:
     def shutdown(self) -> None:
         """Ask the worker to exit, then make sure it does (any thread)."""
         self.dead = True
-        try:
-            with self._write_lock:
-                _frames.write_all(self._write_fd, _frames.encode({"t": "exit"}))
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            self.proc.stdin.close()  # type: ignore[union-attr]
+        with self._write_lock:
+            if self.proc.stdin is not None and not self.proc.stdin.closed:
+                with contextlib.suppress(OSError, ValueError):
+                    _frames.write_all(self._write_fd, _frames.encode({"t": "exit"}))
+                with contextlib.suppress(OSError):
+                    self.proc.stdin.close()
         try:
             self.proc.wait(timeout=1)
         except subprocess.TimeoutExpired:
@@ -424,10 +433,9 @@ class WorkerPool:
     def worker_exited(self, worker: WorkerProcess, code: int | None) -> None:
         was_ready = worker.ready
         worker.exited(code)
-        if self._workers.pop(worker.id, None) is None:
-            return
-        if worker in self._idle:
-            self._idle.remove(worker)
+        if self._workers.get(worker.id) is not worker:
+            return  # already discarded (killed for its wall clock, recycled)
+        self._forget(worker)
         if self._closed:
             return
         if not was_ready:
@@ -445,6 +453,20 @@ class WorkerPool:
                 return
         self.replaced += 1
         self._spawn()
+
+    def _forget(self, worker: WorkerProcess) -> None:
+        self._workers.pop(worker.id, None)
+        if worker in self._idle:
+            self._idle.remove(worker)
+
+    def discard(self, worker: WorkerProcess) -> None:
+        """Replace a worker that was killed while its reader may still be busy (wall clock)."""
+        if self._workers.get(worker.id) is not worker:
+            return
+        self._forget(worker)
+        if not self._closed:
+            self.replaced += 1
+            self._spawn()
 
     async def aclose(self) -> None:
         if self._closed:
@@ -487,7 +509,10 @@ class WorkerPool:
             raise
 
     def release(self, worker: WorkerProcess) -> None:
-        if worker.dead or self._closed:
+        if self._closed:
+            return
+        if worker.dead:
+            self.discard(worker)
             return
         if (
             worker.invocations >= self.config.recycle_after
