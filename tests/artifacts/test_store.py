@@ -120,3 +120,22 @@ async def test_blobs_are_stored_once(store: SqliteArtifactStore, tmp_path: Path)
         (copies,) = db.execute("SELECT COUNT(*) FROM blobs WHERE data = ?", (shared,)).fetchone()
     db.close()
     assert copies == 1
+
+
+async def test_resolve_is_one_indexed_lookup(store: SqliteArtifactStore, tmp_path: Path) -> None:
+    """Every resolve form is a single statement whose plan only searches keys: no table scans."""
+    from artifacts._digest import parse_ref
+    from artifacts._sqlite import SqliteBackend
+
+    version = (await store.upload(NS, bundle(1), filename="b.zip", uploader="u")).version
+    db = sqlite3.connect(tmp_path / "artifacts.db")
+    try:
+        for ref in ("latest", 1, version.digest):
+            sql, params = SqliteBackend._version_query(NS, "orders", parse_ref(ref))
+            assert db.execute(sql, params).fetchall()  # the query finds the version
+            plan = [row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql, params)]
+            assert plan, ref
+            assert all(step.startswith("SEARCH") for step in plan), (ref, plan)
+            assert all("PRIMARY KEY" in step or "INDEX" in step for step in plan), (ref, plan)
+    finally:
+        db.close()
