@@ -1,4 +1,4 @@
-"""Durable execution: instances, the step journal, timers, events, the scheduler. Knows no tenants.
+"""Durable execution: instances, the step journal, timers, events, the scheduler.
 
 Quick tour::
 

@@ -280,7 +280,7 @@ class Engine:
                 future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 self._watchers.setdefault(stored.pk, []).append(future)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(future), 1.0)
+                    await asyncio.wait_for(asyncio.shield(future), 0.05)
 
     # -- lifecycle operations ------------------------------------------------------------------
 

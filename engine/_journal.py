@@ -93,14 +93,23 @@ def _to_epoch_ms(when: object) -> int:
 
 
 def _accepts_context(fn: Callable[..., Any]) -> bool:
+    """True when ``fn`` has a required positional parameter (or ``*args``) to receive the step context.
+
+    Parameters with defaults do not count: ``lambda i=i: ...`` is the idiom for capturing a loop value.
+    """
     code = getattr(fn, "__code__", None)
     if code is not None and not inspect.ismethod(fn):
-        return bool(code.co_argcount or code.co_flags & inspect.CO_VARARGS)
+        required = code.co_argcount - len(getattr(fn, "__defaults__", None) or ())
+        return bool(required > 0 or code.co_flags & inspect.CO_VARARGS)
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return False
-    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
+    return any(
+        p.kind == p.VAR_POSITIONAL
+        or (p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty)
+        for p in params
+    )
 
 
 class Journal:
@@ -383,7 +392,15 @@ class Journal:
         seq, count, entry = self._enter("sleep", name)
         now = self._clock.now_ms()
         if entry is None:
-            target = wake_at(now)
+            try:
+                target = wake_at(now)
+            except EngineValidationError as exc:
+                # Journaled, so that every replay raises the same error at the same position.
+                entry = StepEntry(seq, "sleep", name, count, "failed", start_at=now, end_at=now, wake_at=now)
+                entry.error_name, entry.error_message = exc.field, exc.message
+                self._entries.append(entry)
+                await self._save(entry)
+                raise
             entry = StepEntry(seq, "sleep", name, count, "waiting", start_at=now, wake_at=target)
             self._entries.append(entry)
             if target > now:
@@ -392,6 +409,8 @@ class Journal:
         if entry.state == "complete":
             self._boundary = entry.end_at or self._boundary
             return
+        if entry.state == "failed":
+            raise EngineValidationError(entry.error_name or "sleep", entry.error_message or "invalid sleep")
         assert entry.wake_at is not None
         if entry.wake_at > now:
             self._suspend(entry.wake_at)

@@ -134,7 +134,7 @@ class EngineConfig:
     max_concurrency: int = 1_000
     """Instances running at once in this engine."""
     max_concurrency_per_key: int = 100
-    """Instances running at once per concurrency key (the dispatcher uses the tenant)."""
+    """Instances running at once per concurrency key (an opaque string chosen by the caller)."""
     max_step_name_length: int = 256
     """Longest step name."""
     max_steps: int = 10_000

@@ -53,7 +53,7 @@ def _step(entry: StepEntry, payload: PayloadMapper) -> dict[str, Any]:
             "start": cf_time(entry.start_at),
             "end": cf_time(entry.wake_at),
             "finished": entry.state == "complete",
-            "error": None,
+            "error": _error(entry.error_name, entry.error_message),
         }
     output = None
     if entry.output is not None:
