@@ -54,6 +54,9 @@ class ValidationLimits:
                 raise ValueError(f"ValidationLimits.{name} must be a finite positive number, got {value!r}")
         if ".py" not in self.allowed_extensions:
             raise ValueError("ValidationLimits.allowed_extensions must include '.py'")
+        for ext in self.allowed_extensions:
+            if not ext.startswith(".") or ext != ext.lower() or len(ext) < 2:
+                raise ValueError(f"ValidationLimits.allowed_extensions: {ext!r} must look like '.txt'")
 
 
 @dataclass(frozen=True, slots=True)

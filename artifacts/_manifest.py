@@ -50,6 +50,11 @@ class Manifest:
     description: str = ""
     """Free text for operators."""
 
+    def __hash__(self) -> int:  # the limits mapping is read-only, so hash its items
+        return hash(
+            (self.workflow, self.entry, self.bindings, tuple(sorted(self.limits.items())), self.description)
+        )
+
     def to_json(self) -> str:
         """Stable JSON form, as stored beside a version."""
         return json.dumps(

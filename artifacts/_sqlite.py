@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,12 @@ from ._errors import (
     AliasConflictError,
     AliasNotFoundError,
     AliasRollbackError,
-    SchemaVersionError,
     VersionInUseError,
     VersionNotFoundError,
 )
 from ._manifest import Manifest
 from ._records import AliasEvent, AliasReason, AliasRecord, GcResult, Version, WorkflowInfo
-from ._sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from ._sqlite_schema import connect, from_micros, migrate, to_micros
 from ._store import ArtifactStore
 
 _VERSION_SELECT = (
@@ -46,14 +45,6 @@ _ALIAS_SELECT = (
     "ON v.namespace = a.namespace AND v.workflow = a.workflow AND v.number = a.number "
 )
 _IN_CHUNK = 500
-
-
-def to_micros(dt: datetime) -> int:
-    return int(dt.timestamp() * 1_000_000)
-
-
-def from_micros(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
 
 
 def _version(row: Any) -> Version:
@@ -83,42 +74,8 @@ def _alias(row: Any) -> AliasRecord:
     )
 
 
-async def _connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
-    db = await aiosqlite.connect(path, isolation_level=None)
-    try:
-        await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute("PRAGMA synchronous = FULL")
-        await db.execute("PRAGMA foreign_keys = ON")
-    except BaseException:
-        await db.close()
-        raise
-    return db
-
-
-async def _migrate(db: aiosqlite.Connection) -> None:
-    # executescript() would COMMIT first; run statements one by one inside our transaction.
-    await db.execute("BEGIN IMMEDIATE")
-    try:
-        await db.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version "
-            "(version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
-        )
-        rows = await db.execute_fetchall("SELECT MAX(version) FROM schema_version")
-        current = next(iter(rows))[0] or 0
-        if current > SCHEMA_VERSION:
-            raise SchemaVersionError(current, SCHEMA_VERSION)
-        for index in range(current, SCHEMA_VERSION):
-            for statement in MIGRATIONS[index].split(";"):
-                if statement.strip():
-                    await db.execute(statement)
-            await db.execute(
-                "INSERT INTO schema_version VALUES (?, ?)", (index + 1, to_micros(datetime.now(UTC)))
-            )
-        await db.execute("COMMIT")
-    except BaseException:
-        await db.execute("ROLLBACK")
-        raise
+async def _all(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    return list(await db.execute_fetchall(sql, params))
 
 
 class SqliteBackend(StorageBackend):
@@ -132,10 +89,10 @@ class SqliteBackend(StorageBackend):
 
     @classmethod
     async def connect(cls, path: Path, *, busy_timeout: float) -> SqliteBackend:
-        writer = await _connect(path, busy_timeout)
+        writer = await connect(path, busy_timeout)
         try:
-            await _migrate(writer)
-            reader = await _connect(path, busy_timeout)
+            await migrate(writer)
+            reader = await connect(path, busy_timeout)
         except BaseException:
             await writer.close()
             raise
@@ -282,11 +239,10 @@ class SqliteBackend(StorageBackend):
 
     async def delete_version(self, namespace: str, workflow: str, number: int) -> None:
         async with self._write() as db:
-            found = list(
-                await db.execute_fetchall(
-                    "SELECT digest FROM versions WHERE namespace = ? AND workflow = ? AND number = ?",
-                    (namespace, workflow, number),
-                )
+            found = await _all(
+                db,
+                "SELECT digest FROM versions WHERE namespace = ? AND workflow = ? AND number = ?",
+                (namespace, workflow, number),
             )
             if not found:
                 raise VersionNotFoundError(namespace, workflow, str(number))
@@ -333,11 +289,10 @@ class SqliteBackend(StorageBackend):
         reason: AliasReason,
     ) -> AliasRecord:
         key = (namespace, workflow, alias)
-        current = list(
-            await db.execute_fetchall(
-                "SELECT number, generation FROM aliases WHERE namespace = ? AND workflow = ? AND alias = ?",
-                key,
-            )
+        current = await _all(
+            db,
+            "SELECT number, generation FROM aliases WHERE namespace = ? AND workflow = ? AND alias = ?",
+            key,
         )
         actual = current[0][1] if current else 0
         if expected is not None and expected != actual:
@@ -401,10 +356,8 @@ class SqliteBackend(StorageBackend):
     ) -> AliasRecord:
         key = (namespace, workflow, alias)
         async with self._write() as db:
-            current = list(
-                await db.execute_fetchall(
-                    "SELECT generation FROM aliases WHERE namespace = ? AND workflow = ? AND alias = ?", key
-                )
+            current = await _all(
+                db, "SELECT generation FROM aliases WHERE namespace = ? AND workflow = ? AND alias = ?", key
             )
             if not current:
                 raise AliasNotFoundError(namespace, workflow, alias)
@@ -412,12 +365,11 @@ class SqliteBackend(StorageBackend):
                 raise AliasConflictError(
                     namespace, workflow, alias, expected=expected_generation, actual=current[0][0]
                 )
-            last = list(
-                await db.execute_fetchall(
-                    "SELECT previous FROM alias_history WHERE namespace = ? AND workflow = ? AND alias = ? "
-                    "ORDER BY generation DESC LIMIT 1",
-                    key,
-                )
+            last = await _all(
+                db,
+                "SELECT previous FROM alias_history WHERE namespace = ? AND workflow = ? AND alias = ? "
+                "ORDER BY generation DESC LIMIT 1",
+                key,
             )
             previous = last[0][0] if last else None
             if previous is None:
@@ -437,11 +389,10 @@ class SqliteBackend(StorageBackend):
     ) -> None:
         key = (namespace, workflow, alias)
         async with self._write() as db:
-            current = list(
-                await db.execute_fetchall(
-                    "SELECT number, generation FROM aliases WHERE namespace = ? AND workflow = ? AND alias = ?",
-                    key,
-                )
+            current = await _all(
+                db,
+                "SELECT number, generation FROM aliases WHERE namespace = ? AND workflow = ? AND alias = ?",
+                key,
             )
             if not current:
                 raise AliasNotFoundError(namespace, workflow, alias)
@@ -488,7 +439,7 @@ class SqliteBackend(StorageBackend):
         self, digest: str, backend: str, backend_version: str, sha256: str, data: bytes, *, now: datetime
     ) -> None:
         async with self._write() as db:
-            if not list(await db.execute_fetchall("SELECT 1 FROM bundles WHERE digest = ?", (digest,))):
+            if not await _all(db, "SELECT 1 FROM bundles WHERE digest = ?", (digest,)):
                 raise VersionNotFoundError(None, None, digest)
             await db.execute(
                 "INSERT OR REPLACE INTO derived "

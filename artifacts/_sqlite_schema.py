@@ -1,4 +1,4 @@
-"""Versioned SQLite schema of the artifact store. Append migrations; never edit an applied one.
+"""SQLite schema (versioned migrations) and connection setup. Append migrations; never edit one.
 
 Times are integer microseconds since the Unix epoch (UTC). Blob digests are bare hex; version
 digests carry the ``sha256:`` prefix. Composite primary keys put the namespace first, so every
@@ -7,6 +7,13 @@ not with the number of namespaces.
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiosqlite
+
+from ._errors import SchemaVersionError
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: initial schema
@@ -83,3 +90,54 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+
+
+def to_micros(dt: datetime) -> int:
+    """Exact integer microseconds since the epoch (no float rounding)."""
+    return (dt - _EPOCH) // _MICRO
+
+
+def from_micros(us: int) -> datetime:
+    return _EPOCH + us * _MICRO
+
+
+async def connect(path: Path, busy_timeout: float) -> aiosqlite.Connection:
+    db = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute("PRAGMA synchronous = FULL")
+        await db.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+async def migrate(db: aiosqlite.Connection) -> None:
+    # executescript() would COMMIT first; run statements one by one inside our transaction.
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        await db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version "
+            "(version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
+        )
+        rows = await db.execute_fetchall("SELECT MAX(version) FROM schema_version")
+        current = next(iter(rows))[0] or 0
+        if current > SCHEMA_VERSION:
+            raise SchemaVersionError(current, SCHEMA_VERSION)
+        for index in range(current, SCHEMA_VERSION):
+            for statement in MIGRATIONS[index].split(";"):
+                if statement.strip():
+                    await db.execute(statement)
+            await db.execute(
+                "INSERT INTO schema_version VALUES (?, ?)", (index + 1, to_micros(datetime.now(UTC)))
+            )
+        await db.execute("COMMIT")
+    except BaseException:
+        await db.execute("ROLLBACK")
+        raise

@@ -114,7 +114,10 @@ def _read_source(source: Path | bytes, filename: str | None, c: Collector) -> bo
         return _read_stream(io.BytesIO(data), len(data), fmt, PurePosixPath(filename).name, c)
     path = Path(source)
     if path.is_dir():
-        read_directory(path, c)
+        try:
+            read_directory(path, c)
+        except OSError as exc:
+            raise c.fatal(None, f"cannot read directory {exc.filename!r}: {exc.strerror}") from exc
         return False
     fmt = _format_of(filename or path.name)
     if fmt is None:

@@ -139,3 +139,14 @@ async def test_resolve_is_one_indexed_lookup(store: SqliteArtifactStore, tmp_pat
             assert all("PRIMARY KEY" in step or "INDEX" in step for step in plan), (ref, plan)
     finally:
         db.close()
+
+
+async def test_records_are_hashable_values(store: SqliteArtifactStore) -> None:
+    toml = b'workflow = "orders"\n[limits]\ncpu_seconds = 2\n'
+    data = make_zip({"tenantflow.toml": toml, "main.py": files()["main.py"]})
+    version = (await store.upload(NS, data, filename="b.zip", uploader="u")).version
+    same = await store.resolve(NS, "orders", "latest")
+    assert {version, same} == {version}
+    assert dict(version.manifest.limits) == {"cpu_seconds": 2}
+    with pytest.raises(TypeError):
+        version.manifest.limits["cpu_seconds"] = 99  # type: ignore[index]
