@@ -114,7 +114,7 @@ def compile_module(source: str, filename: str) -> Any:
     try:
         result = compile_restricted_exec(source, filename=filename, policy=TenantTransformer)
     except SyntaxError as exc:
-        raise CompileFailure(f"{type(exc).__name__}: {exc.msg}", exc.lineno) from None
+        raise CompileFailure(f"{type(exc).__name__}: {exc.msg}"[:300], exc.lineno) from None
     except (RecursionError, MemoryError):
         raise CompileFailure("the module is too deeply nested to compile", None) from None
     except BaseException as exc:  # any other failure inside the compiler is a clean rejection
@@ -123,7 +123,7 @@ def compile_module(source: str, filename: str) -> Any:
         first = str(result.errors[0])
         match = re.match(r"Line (\d+):", first)
         return_line = int(match.group(1)) if match else None
-        messages = [re.sub(r"^Line \d+: ", "", str(error)) for error in result.errors[:5]]
+        messages = [re.sub(r"^Line \d+: ", "", str(error))[:300] for error in result.errors[:5]]
         raise CompileFailure("; ".join(messages), return_line)
     return result.code
 
