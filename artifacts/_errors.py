@@ -178,7 +178,8 @@ class CorruptBlobError(ArtifactError):
         self.digest = digest
         """The version digest (``sha256:...``) whose content is corrupt."""
         self.path = path
-        """The file path inside the bundle, or ``derived:<backend>/<version>`` for a derived form."""
+        """The file path inside the bundle, ``derived:<backend>/<version>`` for a derived form, or
+        ``(file list)`` when the recorded list of files no longer matches the version digest."""
         self.expected = expected
         self.actual = actual
 

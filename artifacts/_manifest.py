@@ -99,6 +99,14 @@ def render_manifest(workflow: str, entry: str) -> bytes:
 _TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 
+def toml_problem(path: str, exc: tomllib.TOMLDecodeError) -> Problem:
+    """A TOML syntax error as a positioned problem."""
+    found = _TOML_POSITION.search(str(exc))
+    message = _TOML_POSITION.sub("", str(exc)).strip()
+    line, column = (int(found.group(1)), int(found.group(2))) if found else (None, None)
+    return Problem(path, line, column, f"invalid TOML: {message}")
+
+
 def parse_manifest(data: bytes) -> tuple[Manifest | None, list[Problem]]:
     """Parse and validate manifest bytes. Returns the manifest (None if unusable) and the problems."""
     problems: list[Problem] = []
@@ -112,10 +120,7 @@ def parse_manifest(data: bytes) -> tuple[Manifest | None, list[Problem]]:
     except UnicodeDecodeError:
         return None, problems  # reported by the UTF-8 check that runs on every file
     except tomllib.TOMLDecodeError as exc:
-        found = _TOML_POSITION.search(str(exc))
-        message = _TOML_POSITION.sub("", str(exc)).strip()
-        line, column = (int(found.group(1)), int(found.group(2))) if found else (None, None)
-        return None, [Problem(MANIFEST_PATH, line, column, f"invalid TOML: {message}")]
+        return None, [toml_problem(MANIFEST_PATH, exc)]
 
     for key in raw:
         if key not in KNOWN_KEYS:

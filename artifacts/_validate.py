@@ -19,7 +19,14 @@ from typing import NoReturn
 from ._collect import Collector, StopReading
 from ._config import ValidationLimits
 from ._errors import BundleValidationError, Problem
-from ._manifest import MANIFEST_PATH, Manifest, parse_manifest, render_manifest, workflow_name_problem
+from ._manifest import (
+    MANIFEST_PATH,
+    Manifest,
+    parse_manifest,
+    render_manifest,
+    toml_problem,
+    workflow_name_problem,
+)
 from ._readers import read_directory, read_single_file, read_tar_gz, read_zip
 
 
@@ -195,7 +202,7 @@ def _check_content(path: str, data: bytes, c: Collector) -> None:
         try:
             tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            c.problem(path, f"invalid TOML: {exc}")
+            c.problems.append(toml_problem(path, exc))
 
 
 def _check_entry(entry: str, c: Collector) -> None:

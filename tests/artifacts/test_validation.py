@@ -157,12 +157,15 @@ async def test_run_with_optional_extras_is_accepted(store: SqliteArtifactStore) 
 async def test_compiler_only_errors_and_json_errors_are_reported(store: SqliteArtifactStore) -> None:
     error = await rejected(
         store,
-        make_zip(files(lib_py=b"x = 1\nreturn x\n", conf_json=b'{"a": 1,\n "b": }')),
+        make_zip(
+            files(lib_py=b"x = 1\nreturn x\n", conf_json=b'{"a": 1,\n "b": }', extra_toml=b"a = 1\nb = = 2\n")
+        ),
         filename="b.zip",
     )
     assert messages(error) == [
         "lib.py:2:1: syntax error: 'return' outside function",
         "conf.json:2:7: invalid JSON: Expecting value",
+        "extra.toml:2:5: invalid TOML: Invalid value",
     ]
 
 
