@@ -81,12 +81,14 @@ class Engine:
         *,
         config: EngineConfig | None = None,
         clock: Clock | None = None,
+        key_limit: Callable[[str], int] | None = None,
     ) -> None:
+        """``key_limit`` may lower ``max_concurrency_per_key`` for particular concurrency keys."""
         self.store = store
         self.config = config or EngineConfig()
         self.clock: Clock = clock or SystemClock()
         self._executor = executor
-        self._ready = ReadyQueue(self.config.max_concurrency, self.config.max_concurrency_per_key)
+        self._ready = ReadyQueue(self.config.max_concurrency, self.config.max_concurrency_per_key, key_limit)
         self._active: dict[int, tuple[Journal, asyncio.Task[None]]] = {}
         self._requeue: dict[int, str] = {}
         self._watchers: dict[int, list[asyncio.Future[None]]] = {}
@@ -444,6 +446,20 @@ class Engine:
             self._enqueue(stored.pk, stored.instance.concurrency_key)
         return now
 
+    async def replace_params(self, namespace: str, instance_id: str, params: Any) -> Instance:
+        """Replace an unfinished instance's params (opaque to the engine; e.g. to re-route it)."""
+        stored = await self._lookup(namespace, instance_id)
+        text = encode_payload(params, "params", self.config.max_params_bytes)
+        updated = await self.store.update_instance(
+            stored.pk,
+            expect_status=(*_LIVE, Status.PAUSED),
+            changes={"params": text},
+            now=self.clock.now_ms(),
+        )
+        if updated is None:
+            raise InvalidTransitionError(instance_id, "change the params of", stored.instance.status)
+        return updated.instance
+
     async def purge_expired(self) -> int:
         """Delete finished instances whose retention has passed; returns how many."""
         total = 0
@@ -580,6 +596,11 @@ class Engine:
         if journal.aborted:
             return
         finish = self._finish(journal, outcome)
+        if journal.pause_requested and finish.kind == "suspended":
+            # A pause asked for by the run itself: finish_run turns waitingForPause into paused.
+            await self.store.update_instance(
+                pk, expect_status=_LIVE, changes={"status": Status.WAITING_FOR_PAUSE.value}, now=finish.now
+            )
         result = await self.store.finish_run(pk, instance.generation, finish)
         if result == "requeue":
             self._requeue[pk] = instance.concurrency_key

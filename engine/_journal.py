@@ -169,6 +169,15 @@ class Journal:
     def request_abort(self) -> None:
         self.aborted = True
 
+    def pause_now(self) -> NoReturn:
+        """Stop this run and pause the instance (e.g. because its owner was suspended)."""
+        self.pause_requested = True
+        self._suspend(0)
+
+    def yield_now(self) -> NoReturn:
+        """Stop this run and queue the instance to run again at once (it replays from the top)."""
+        self._suspend(0)
+
     # -- low-level step API --------------------------------------------------------------------
 
     async def begin_step(self, name: str, config: StepConfig | dict[str, Any] | None = None) -> StepDecision:

@@ -7,12 +7,16 @@ gets one turn per round like a key with one, so it cannot starve it. All operati
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 
 class ReadyQueue:
-    def __init__(self, max_running: int, max_running_per_key: int) -> None:
+    def __init__(
+        self, max_running: int, max_running_per_key: int, key_limit: Callable[[str], int] | None = None
+    ) -> None:
         self._max_running = max_running
         self._max_per_key = max_running_per_key
+        self._key_limit = key_limit
         self._queues: dict[str, deque[int]] = {}
         self._ring: deque[str] = deque()
         self._in_ring: set[str] = set()
@@ -46,7 +50,7 @@ class ReadyQueue:
             if not queue:
                 self._queues.pop(key, None)
                 continue
-            if self._running.get(key, 0) >= self._max_per_key:
+            if self._running.get(key, 0) >= self._limit(key):
                 continue  # re-scheduled by release()
             pk = queue.popleft()
             self._queued.discard(pk)
@@ -71,6 +75,11 @@ class ReadyQueue:
             self._schedule_key(key)
 
     def _schedule_key(self, key: str) -> None:
-        if key not in self._in_ring and self._running.get(key, 0) < self._max_per_key:
+        if key not in self._in_ring and self._running.get(key, 0) < self._limit(key):
             self._ring.append(key)
             self._in_ring.add(key)
+
+    def _limit(self, key: str) -> int:
+        if self._key_limit is None:
+            return self._max_per_key
+        return min(self._max_per_key, max(1, self._key_limit(key)))

@@ -187,3 +187,22 @@ async def test_delete_removes_everything(harness: Harness) -> None:
     await asyncio.sleep(0.05)
     with pytest.raises(InstanceNotFoundError):
         await engine.describe(NS, instance.id)
+
+
+async def test_a_run_can_pause_its_own_instance_and_params_can_be_replaced(harness: Harness) -> None:
+    @harness.workflow
+    async def self_pausing(params: Any, step: Journal) -> Any:
+        await step.do("first", lambda: 1)
+        if params == "pause":
+            step.pause_now()
+        return params
+
+    engine = await harness.start()
+    instance = await harness.create("self_pausing", "pause")
+    await harness.wait(instance.id, Status.PAUSED)
+    await engine.replace_params(NS, instance.id, "go on")
+    await engine.resume(NS, instance.id)
+    done = await harness.wait(instance.id)
+    assert done.output == "go on"
+    with pytest.raises(InvalidTransitionError, match="cannot change the params of"):
+        await engine.replace_params(NS, instance.id, "too late")

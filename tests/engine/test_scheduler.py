@@ -93,3 +93,15 @@ async def test_thousand_instances_of_ten_steps_complete_correctly(harness: Harne
     steps = await harness.steps(created[-1].id)
     assert [s["name"] for s in steps] == [f"step-{i}" for i in range(10)]
     print(f"1,000 x 10 steps in {elapsed:.2f} s")
+
+
+def test_ready_queue_per_key_limit_function() -> None:
+    queue = ReadyQueue(
+        max_running=10, max_running_per_key=5, key_limit=lambda key: 1 if key == "slow" else 99
+    )
+    for pk in range(3):
+        queue.push(pk, "slow")
+        queue.push(10 + pk, "fast")
+    handed = [queue.pop() for _ in range(7)]
+    assert [item for item in handed if item and item[1] == "slow"] == [(0, "slow")]
+    assert len([item for item in handed if item and item[1] == "fast"]) == 3
