@@ -13,6 +13,9 @@ time). The guard looks at the exception being handled: a ``MemoryError`` ends th
 uncatchable ``LimitSignal("recursion")``, and any non-``Exception`` signal (a limit, the SDK's
 suspension) is re-raised. Tenants cannot define ``__exit__`` or ``__del__`` (RestrictedPython
 only allows a few dunder names), so ``with`` blocks and finalizers cannot swallow them either.
+The guard of each tenant also refuses to run while another tenant's invocation is current: a
+generator of tenant A finalized during tenant B's turn would otherwise run A's ``finally`` code
+with B's host bridge, output and deterministic clock.
 
 Iteration of allowed objects is not filtered per item: our policy has no per-object
 authorization (everything reachable is already safe to hold), so ``sorted``/``zip``/``tuple``
@@ -365,10 +368,27 @@ def make_builtins(import_hook: Callable[..., Any]) -> dict[str, Any]:
     return result
 
 
+class ForeignTenantSignal(BaseException):
+    """Tenant code was about to run while another tenant's invocation is current (for example a
+    ``finally`` block of a generator finalized late). Not an ``Exception``; nothing of it runs."""
+
+
+def tenant_guard(is_current: Callable[[], bool]) -> Callable[[], None]:
+    """The ``_tf_guard_`` of one tenant: ``exc_guard``, and its code only runs in its own turn."""
+
+    def _tf_guard_() -> None:
+        if not is_current():
+            raise ForeignTenantSignal()
+        exc_guard()
+
+    return _tf_guard_
+
+
 def make_globals(
     module_name: str,
     tenant_builtins: dict[str, Any],
     print_factory: Callable[..., Any],
+    guard: Callable[[], None] = exc_guard,
 ) -> dict[str, Any]:
     """Globals for one tenant module: its builtins and the guards RestrictedPython code calls."""
     return {
@@ -384,5 +404,5 @@ def make_globals(
         "_inplacevar_": guarded_inplacevar,
         "_apply_": guarded_apply,
         "_print_": print_factory,
-        GUARD_NAME: exc_guard,
+        GUARD_NAME: guard,
     }

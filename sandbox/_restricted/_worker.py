@@ -33,7 +33,15 @@ from typing import Any, BinaryIO
 from . import _frames, _runtime
 from ._compile import Derived, load_derived
 from ._modules import Importer, TenantModule, preload
-from ._policy import LimitSignal, die_of_memory, exc_guard, make_builtins, make_globals
+from ._policy import (
+    ForeignTenantSignal,
+    LimitSignal,
+    die_of_memory,
+    exc_guard,
+    make_builtins,
+    make_globals,
+    tenant_guard,
+)
 
 MAX_INBOUND_FRAME = 256 * 1024 * 1024
 TENANT_MODULE_PREFIX = "tenantflow_tenant."
@@ -81,11 +89,21 @@ class Tenant:
         self.derived = derived
         self.files = frozenset(path for path, _code, _src in derived.modules.values())
         self.modules: dict[str, TenantModule] = {}
-        self.runtime = _runtime.new_runtime(worker.host_call, self.files)
+        self.runtime = _runtime.new_runtime(self._host_call, self.files)
+        self._worker = worker
+        self._guard = tenant_guard(self._is_current)
         self.importer = Importer(_runtime.providers(self.runtime), self._module)
         self.builtins = make_builtins(self.importer)
         self._print_factory = worker.print_factory
         self.run: Any = None
+
+    def _is_current(self) -> bool:
+        return self._worker.current is self
+
+    def _host_call(self, name: str, args: Any) -> Any:
+        if self._worker.current is not self:
+            raise ForeignTenantSignal()
+        return self._worker.host_call(name, args)
 
     def _module(self, name: str) -> TenantModule | None:
         module = self.modules.get(name)
@@ -99,7 +117,7 @@ class Tenant:
         # name with an empty stand-in there (tenant code can read neither).
         internal_name = f"{TENANT_MODULE_PREFIX}{name}"
         sys.modules.setdefault(internal_name, _STANDIN)
-        namespace = make_globals(internal_name, self.builtins, self._print_factory)
+        namespace = make_globals(internal_name, self.builtins, self._print_factory, self._guard)
         module = TenantModule(name, namespace)
         self.modules[name] = module
         if "." in name:
@@ -112,6 +130,7 @@ class Tenant:
 
     def load(self) -> None:
         """Execute the entry module (and what it imports); find ``run``. Raises LoadFailure."""
+        token = _sdk._ACTIVE.set(self.runtime)  # deterministic clock/random at import, as in wasm
         try:
             entry = self._module(self.derived.entry)
         except BaseException as exc:
@@ -119,6 +138,8 @@ class Tenant:
             file, line = _sdk._innermost_tenant_frame(exc.__traceback__, self.files)
             message = f"{type(exc).__name__}: {_sdk._safe_str(exc)}"
             raise LoadFailure(message, file, line) from None
+        finally:
+            _sdk._ACTIVE.reset(token)
         assert entry is not None
         run = object.__getattribute__(entry, "_TenantModule__globals").get("run")
         if not callable(run):
@@ -139,6 +160,7 @@ class Worker:
         self.output: Any = _sdk.OutputCapture(0)
         self.print_factory = make_print_factory(self)
         self.cpu_soft = 0
+        self.current: Tenant | None = None
         self.page_size = resource.getpagesize()
 
     # --- IPC ---------------------------------------------------------------------------------
@@ -196,6 +218,7 @@ class Worker:
         if code is None:
             return None
         tenant = Tenant(load_derived(base64.b64decode(code), digest), self)
+        self.current = tenant
         tenant.load()
         self.tenants[digest] = tenant
         while len(self.tenants) > self.lru_size:
@@ -214,6 +237,7 @@ class Worker:
         except RecursionError:
             return {"t": "limit", "limit": "recursion", "m": "maximum recursion depth exceeded"}
         finally:
+            self.current = None
             self.disarm()
         return {"t": "loaded"}
 
@@ -233,6 +257,7 @@ class Worker:
                 )
             if tenant is None:
                 return _frames.encode({"status": "missing"})
+            self.current = tenant
             runtime = tenant.runtime
             runtime.output = self.output
             runtime.result_bytes = int(limits["res"])
@@ -242,6 +267,7 @@ class Worker:
         except RecursionError:
             outcome = {"status": "limit", "limit": "recursion", "message": "maximum recursion depth exceeded"}
         finally:
+            self.current = None
             self.disarm()
         if outcome.get("status") == "limit" and outcome.get("limit") == "memory":
             die_of_memory()

@@ -179,3 +179,43 @@ async def test_derived_form_is_checked(shared_backend: RestrictedBackend) -> Non
         await shared_backend.load(bundle, limits=FAST_LIMITS, derived=b"garbage")
     with pytest.raises(ValueError, match="corrupted"):
         load_derived(derived[:-3] + b"xyz", bundle.digest)
+
+
+LINGERING = """
+def forever():
+    try:
+        while True:
+            yield 1
+    finally:
+        print('tenant A output')
+        step_ref[0].do('a-sneaks-in', lambda: 1)
+
+step_ref = []
+held = []
+
+def run(event, step):
+    step_ref.append(step)
+    gen = forever()
+    next(gen)
+    held.append(gen)
+    cycle = []
+    cycle.append(cycle)
+    cycle.append(forever())
+    next(cycle[1])
+    return 'armed'
+"""
+
+
+async def test_a_tenants_finalizers_never_run_in_another_tenants_turn() -> None:
+    async with RestrictedBackend(pool_size=1, lru_size=1) as backend:
+        attacker = await backend.load(make_bundle(LINGERING), limits=FAST_LIMITS)
+        assert (await attacker.invoke(event(), FakeHost())).output == "armed"
+        host = FakeHost()
+        # Loading another bundle evicts the attacker's modules from the one-entry LRU: its
+        # suspended generators are finalized while the victim is current.
+        source = "junk = [[i] for i in range(300000)]\nreturn step.do('b', lambda: 2)"
+        victim = await backend.load(make_bundle(source), limits=FAST_LIMITS)
+        # Its allocations make the worker's cyclic GC collect the attacker's generators.
+        result = await victim.invoke(event(), host)
+        assert result.output == 2 and "tenant A" not in result.stdout
+        assert [args["name"] for name, args in host.calls if name == "step.do"] == ["b"]
