@@ -87,6 +87,7 @@ __all__ = [
     "files_to_modules",
     "install_determinism",
     "install_memory_watch",
+    "load_failure_from",
 ]
 
 MAX_JSON_DEPTH = 64
@@ -539,8 +540,10 @@ class Runtime:
         self._tenant_files = frozenset()
         self.tenantflow_module = _make_tenantflow_module(self)
 
-    def configure(self, result_bytes=None, output_bytes=None, host_call=None):
-        """Change limits (or the host-call function) of a runtime created ahead of time."""
+    def configure(self, result_bytes=None, output_bytes=None, host_call=None, tenant_files=None):
+        """Change limits, the host-call function or the tenant file names (for tracebacks)."""
+        if tenant_files is not None:
+            self._tenant_files = frozenset(tenant_files)
         if result_bytes is not None:
             self.result_bytes = result_bytes
         if output_bytes is not None:
@@ -561,9 +564,7 @@ class Runtime:
         except (SuspendSignal, AbortSignal, LimitSignal) as exc:
             raise LoadFailure(f"{type(exc).__name__} while importing {entry_module}") from None
         except Exception as exc:
-            file, line = _innermost_tenant_frame(exc.__traceback__, self._tenant_files)
-            message = f"{type(exc).__name__}: {_safe_str(exc)}"
-            raise LoadFailure(message, file, line) from None
+            raise load_failure_from(exc, self._tenant_files) from None
         finally:
             _ACTIVE.reset(token)
         run = getattr(module, "run", None)
@@ -642,9 +643,10 @@ class Runtime:
         except HostCallFailed as exc:
             raise _error_class(exc.type_name)(exc.message) from None
 
-    def _boundary(self, answer):
-        """Advance the deterministic clock/random to the journal position of this answer."""
-        self._position += 1
+    def _boundary(self, answer, advance):
+        """Move the deterministic clock (and, for a new step operation, the journal position)."""
+        if advance:
+            self._position += 1
         t = answer.get("time") if type(answer) is dict else None
         if type(t) is int or type(t) is float:
             self._now_ms = float(t)
@@ -668,7 +670,9 @@ class Runtime:
             raise _error_class("HostError")(f"malformed host answer to {name}")
         if answer.get("action") == "suspend":
             self._suspend()
-        self._boundary(answer)
+        # One journal position per step operation: step.commit/step.fail only move the clock,
+        # so a first run and its replay (which gets "cached") see the same positions.
+        self._boundary(answer, name != "step.commit" and name != "step.fail")
         return answer
 
     def do_step(self, name, fn, config):
@@ -741,6 +745,12 @@ def _accepts_argument(fn):
     except (TypeError, ValueError):
         return False
     return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
+
+
+def load_failure_from(exc, tenant_files):
+    """A ``LoadFailure`` for an exception raised while importing tenant modules."""
+    file, line = _innermost_tenant_frame(exc.__traceback__, tenant_files)
+    return LoadFailure(f"{type(exc).__name__}: {_safe_str(exc)}", file, line)
 
 
 def _safe_str(exc):
@@ -865,41 +875,51 @@ def _make_step(rt):
 
 
 def _make_env(rt):
-    class Binding:
-        __slots__ = ("_binding_name",)
+    """The ``env`` facade: ``env.<binding>.<method>(**kwargs)`` is one host call, checked there.
 
-        def __init__(self, binding):
-            object.__setattr__(self, "_binding_name", binding)
+    Binding facades keep their name in a closure, not an attribute, so they expose nothing.
+    """
+    bindings = {}
 
-        def __getattr__(self, method):
-            if method.startswith("_"):
-                raise AttributeError(method)
-            binding = object.__getattribute__(self, "_binding_name")
-
+    def binding_facade(binding):
+        def method_facade(method):
             def call(*args, **kwargs):
                 if args:
                     raise TypeError(f"env.{binding}.{method}() takes keyword arguments only")
                 return rt.call(f"env.{binding}.{method}", _json_arg(kwargs, "binding arguments", rt))
 
             call.__name__ = method
+            call.__qualname__ = f"env.{binding}.{method}"
             return call
 
-        def __repr__(self):
-            return f"<binding {object.__getattribute__(self, '_binding_name')}>"
+        def getattr_(self, method):
+            if method.startswith("_"):
+                raise AttributeError(method)
+            return method_facade(method)
 
-    class Env:
-        __slots__ = ()
+        namespace = {
+            "__slots__": (),
+            "__getattr__": getattr_,
+            "__repr__": lambda self: f"<binding {binding}>",
+            "__module__": "tenantflow",
+        }
+        return type("Binding", (), namespace)()
 
-        def __getattr__(self, binding):
-            if binding.startswith("_"):
-                raise AttributeError(binding)
-            return Binding(binding)
+    def env_getattr(self, binding):
+        if binding.startswith("_"):
+            raise AttributeError(binding)
+        facade = bindings.get(binding)
+        if facade is None:
+            facade = bindings[binding] = binding_facade(binding)
+        return facade
 
-        def __repr__(self):
-            return "<env>"
-
-    Env.__module__ = Binding.__module__ = "tenantflow"
-    return Env()
+    namespace = {
+        "__slots__": (),
+        "__getattr__": env_getattr,
+        "__repr__": lambda self: "<env>",
+        "__module__": "tenantflow",
+    }
+    return type("Env", (), namespace)()
 
 
 def _make_tenantflow_module(rt):

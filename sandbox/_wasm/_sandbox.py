@@ -53,6 +53,7 @@ class Invocation:
         "limits",
         "max_args",
         "started",
+        "stopped",
         "suspended",
     )
 
@@ -66,6 +67,7 @@ class Invocation:
         self.limit_message = ""
         self.crash: BaseException | None = None
         self.host_seconds = 0.0
+        self.stopped = False
         self.started = time.perf_counter()
 
     def deadline_ticks(self) -> int:
@@ -87,8 +89,10 @@ class Invocation:
     def handle(self, name: str, payload: str, ctx: Any) -> tuple[bool, str]:
         """Serve one host call. Never raises: every failure becomes an error answer."""
         try:
-            if self.limit_hit is not None or self.crash is not None:
+            if self.limit_hit is not None or self.crash is not None or self.stopped:
                 return False, "Astopped"
+            if time.perf_counter() - self.started > self.limits.wall_seconds:
+                return self._stop("wall", f"the invocation ran longer than {self.limits.wall_seconds} s")
             self.calls += 1
             if self.calls > self.limits.host_calls:
                 return self._stop("host_calls", f"more than {self.limits.host_calls} host calls")
@@ -109,6 +113,8 @@ class Invocation:
                 self.host_seconds += spent
                 if spent > TICK_SECONDS:
                     _set_deadline(ctx, self.deadline_ticks())
+            if self.stopped:
+                return False, "Astopped"
             if name in STEP_CALLS and type(answer) is dict and answer.get("action") == "suspend":
                 self.suspended = True
             return True, _dumps(answer)
@@ -132,6 +138,7 @@ class WasmSandbox:
         self._digest = digest
         self._lock = asyncio.Lock()
         self._dead_reason = ""
+        self._abandoned = False
 
     def __repr__(self) -> str:
         state = "alive" if self.alive else "dead"
@@ -139,7 +146,7 @@ class WasmSandbox:
 
     @property
     def alive(self) -> bool:
-        return self._store is not None
+        return self._store is not None and not self._abandoned
 
     async def invoke(self, event: JSON, bridge: HostBridge) -> InvokeResult:
         try:
@@ -147,16 +154,28 @@ class WasmSandbox:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"the event must be JSON: {exc}") from exc
         async with self._lock:
-            if self._store is None:
+            if not self.alive:
                 raise SandboxClosedError(f"this sandbox was discarded ({self._dead_reason or 'closed'})")
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._backend.executor, self._invoke_sync, event_json, bridge)
+            inv = Invocation(bridge, self._limits)
+            future = loop.run_in_executor(self._backend.executor, self._invoke_sync, event_json, inv)
+            try:
+                # The epoch deadline stops a running guest; this backstop covers a host call that
+                # never returns (the worker thread is abandoned and closes the Store when it can).
+                return await asyncio.wait_for(asyncio.shield(future), self._limits.wall_seconds + 1.0)
+            except TimeoutError:
+                inv.stopped = True
+                self._abandoned = True
+                self._dead_reason = "wall limit"
+                raise LimitExceededError(
+                    "wall", f"the invocation ran longer than {self._limits.wall_seconds} s"
+                ) from None
 
-    def _invoke_sync(self, event_json: str, bridge: HostBridge) -> InvokeResult:
+    def _invoke_sync(self, event_json: str, inv: Invocation) -> InvokeResult:
         store = self._store
         if store is None:
             raise SandboxClosedError("this sandbox was discarded")
-        inv = Invocation(bridge, self._limits)
+        inv.started = time.perf_counter()
         store.set_epoch_deadline(inv.deadline_ticks())
         with self._backend.serving(inv.handle):
             try:
@@ -164,6 +183,9 @@ class WasmSandbox:
             except WasmtimeError as exc:
                 self._discard("trapped")
                 raise translate_trap(exc, inv) from None
+            finally:
+                if self._abandoned:
+                    self._discard("wall limit")
         guest_ms = (time.perf_counter() - inv.started - inv.host_seconds) * 1000.0
         return self._outcome(text, inv, guest_ms)
 
@@ -222,7 +244,8 @@ class WasmSandbox:
 
     async def aclose(self) -> None:
         async with self._lock:
-            self._discard("closed")
+            if not self._abandoned:  # an abandoned worker closes the Store itself
+                self._discard("closed")
 
 
 def _text(value: object, default: str) -> str:
