@@ -113,5 +113,8 @@ def new_runtime(host_call: Callable[[str, Any], Any], tenant_files: frozenset[st
     runtime = sdk.Runtime(host_call)
     # The SDK learns tenant files in load_entry(), which this backend does not use (it loads
     # RestrictedPython-compiled modules itself); tracebacks need them to keep tenant frames only.
-    runtime._tenant_files = tenant_files
+    try:
+        runtime.configure(tenant_files=tenant_files)
+    except TypeError:  # an SDK without the tenant_files option
+        runtime._tenant_files = tenant_files
     return runtime

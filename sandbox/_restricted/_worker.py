@@ -259,8 +259,8 @@ class Worker:
                 return _frames.encode({"status": "missing"})
             self.current = tenant
             runtime = tenant.runtime
-            runtime.output = self.output
-            runtime.result_bytes = int(limits["res"])
+            runtime.configure(result_bytes=int(limits["res"]), output_bytes=int(limits["out"]))
+            self.output = runtime.output
             outcome = runtime.invoke(tenant.run, message["event"], capture_stdio=False)
         except LimitSignal as sig:
             outcome = {"status": "limit", "limit": sig.limit, "message": sig.message}
