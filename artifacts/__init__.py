@@ -34,6 +34,10 @@ The API (all methods are coroutines of ``ArtifactStore``):
 * ``put_derived(digest, backend, backend_version, data)`` and ``get_derived(...) -> bytes | None``:
   platform-produced derived forms (never accepted from uploaders), verified on read.
 
+Storage: ``SqliteArtifactStore.open(path)`` (one file, the embedded default) or
+``PostgresArtifactStore.open(dsn, schema=...)`` (asyncpg, the ``postgres`` extra; many processes on
+many machines). Both are the same ``ArtifactStore`` over a small ``StorageBackend`` interface.
+
 Validation caps live in ``ValidationLimits`` (defaults: 5 MiB uncompressed, 500 files, 2 MiB per
 file, 100:1 compression ratio, 5 MiB upload); the manifest format is described in ``_manifest.py``
 and the digest encoding in ``_digest.py``.
@@ -55,6 +59,7 @@ from ._errors import (
     VersionNotFoundError,
 )
 from ._manifest import MANIFEST_PATH, Manifest
+from ._postgres import PostgresArtifactStore
 from ._records import (
     AliasEvent,
     AliasRecord,
@@ -83,6 +88,7 @@ __all__ = [
     "InUseHook",
     "InvalidNameError",
     "Manifest",
+    "PostgresArtifactStore",
     "Problem",
     "SchemaVersionError",
     "SqliteArtifactStore",

@@ -8,19 +8,19 @@ from artifacts import (
     AliasConflictError,
     AliasNotFoundError,
     AliasRollbackError,
-    SqliteArtifactStore,
+    ArtifactStore,
     VersionNotFoundError,
 )
 from tests.artifacts.helpers import NS, files, make_zip
 
 
-async def upload(store: SqliteArtifactStore, n: int, **kwargs: object) -> int:
+async def upload(store: ArtifactStore, n: int, **kwargs: object) -> int:
     data = make_zip(files(v_py=f"N = {n}\n".encode()))
     result = await store.upload(NS, data, filename="b.zip", uploader="ci", **kwargs)  # type: ignore[arg-type]
     return result.version.number
 
 
-async def test_latest_moves_on_upload_unless_disabled(store: SqliteArtifactStore) -> None:
+async def test_latest_moves_on_upload_unless_disabled(store: ArtifactStore) -> None:
     await upload(store, 1)
     await upload(store, 2)
     assert (await store.resolve(NS, "orders", "latest")).number == 2
@@ -31,7 +31,7 @@ async def test_latest_moves_on_upload_unless_disabled(store: SqliteArtifactStore
     assert (await store.resolve(NS, "orders", "latest")).number == 2
 
 
-async def test_reupload_moves_requested_aliases_to_the_existing_version(store: SqliteArtifactStore) -> None:
+async def test_reupload_moves_requested_aliases_to_the_existing_version(store: ArtifactStore) -> None:
     await upload(store, 1)
     await upload(store, 2)
     assert await upload(store, 1) == 1  # same content: version 1 again, and latest follows it
@@ -40,7 +40,7 @@ async def test_reupload_moves_requested_aliases_to_the_existing_version(store: S
     assert [e.number for e in await store.alias_history(NS, "orders", "latest")] == [1, 2, 1]
 
 
-async def test_set_alias_history_and_rollback(store: SqliteArtifactStore) -> None:
+async def test_set_alias_history_and_rollback(store: ArtifactStore) -> None:
     for n in (1, 2, 3):
         await upload(store, n)
     v1 = await store.resolve(NS, "orders", 1)
@@ -70,7 +70,7 @@ async def test_set_alias_history_and_rollback(store: SqliteArtifactStore) -> Non
     assert names == ["latest", "production"]
 
 
-async def test_rollback_errors(store: SqliteArtifactStore) -> None:
+async def test_rollback_errors(store: ArtifactStore) -> None:
     await upload(store, 1)
     with pytest.raises(AliasNotFoundError, match="alias 'production' of workflow 'orders'"):
         await store.rollback_alias(NS, "orders", "production", actor="x")
@@ -83,7 +83,7 @@ async def test_rollback_errors(store: SqliteArtifactStore) -> None:
         await store.rollback_alias(NS, "orders", "latest", actor="x")
 
 
-async def test_compare_and_set(store: SqliteArtifactStore) -> None:
+async def test_compare_and_set(store: ArtifactStore) -> None:
     await upload(store, 1)
     await upload(store, 2)
     created = await store.set_alias(NS, "orders", "production", 1, actor="a", expected_generation=0)
@@ -99,7 +99,7 @@ async def test_compare_and_set(store: SqliteArtifactStore) -> None:
     assert (await store.resolve(NS, "orders", "production")).number == 2
 
 
-async def test_alias_to_missing_version_and_bad_names(store: SqliteArtifactStore) -> None:
+async def test_alias_to_missing_version_and_bad_names(store: ArtifactStore) -> None:
     await upload(store, 1)
     with pytest.raises(VersionNotFoundError, match="no version 7 of workflow 'orders'"):
         await store.set_alias(NS, "orders", "production", 7, actor="a")
@@ -112,7 +112,7 @@ async def test_alias_to_missing_version_and_bad_names(store: SqliteArtifactStore
 
 
 async def test_delete_alias_keeps_history_and_recreation_continues_generations(
-    store: SqliteArtifactStore,
+    store: ArtifactStore,
 ) -> None:
     await upload(store, 1)
     await store.set_alias(NS, "orders", "production", 1, actor="a")

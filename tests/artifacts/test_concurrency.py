@@ -1,7 +1,7 @@
 """Concurrent uploads get distinct consecutive numbers and no alias move is lost.
 
-Run both with concurrent tasks on one store object (one connection pair, an asyncio lock) and with
-two store objects on one file (separate connections racing for SQLite's write lock).
+Run both with concurrent tasks on one store object and with two store objects on one database
+(separate connections racing for SQLite's write lock, or for PostgreSQL's row locks).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from artifacts import AliasConflictError, AliasRecord, SqliteArtifactStore, StoreConfig
+from artifacts import AliasConflictError, AliasRecord, ArtifactStore, SqliteArtifactStore, StoreConfig
+from tests.artifacts.conftest import OpenStore
 from tests.artifacts.helpers import NS, files, make_zip, tgz_of
 
 
@@ -22,14 +23,14 @@ def bundle(n: int) -> bytes:
     return make_zip(content) if n % 2 else tgz_of(content)
 
 
-async def upload(store: SqliteArtifactStore, n: int) -> int:
+async def upload(store: ArtifactStore, n: int) -> int:
     name = "b.zip" if n % 2 else "b.tgz"
     result = await store.upload(NS, bundle(n), filename=name, uploader=f"u{n}", aliases=["tip"])
     assert result.created
     return result.version.number
 
 
-async def assert_consistent(store: SqliteArtifactStore, count: int, numbers: list[int]) -> None:
+async def assert_consistent(store: ArtifactStore, count: int, numbers: list[int]) -> None:
     assert sorted(numbers) == list(range(1, count + 1))  # distinct and consecutive
     assert (await store.resolve(NS, "orders", "latest")).number == count
     for alias in ("latest", "tip"):
@@ -42,22 +43,20 @@ async def assert_consistent(store: SqliteArtifactStore, count: int, numbers: lis
     assert {v.uploader for v in versions} == {f"u{n}" for n in range(count)}
 
 
-async def test_concurrent_uploads_on_one_store(store: SqliteArtifactStore) -> None:
+async def test_concurrent_uploads_on_one_store(store: ArtifactStore) -> None:
     numbers = await asyncio.gather(*(upload(store, n) for n in range(12)))
     await assert_consistent(store, 12, list(numbers))
 
 
-async def test_concurrent_uploads_through_two_store_objects(tmp_path: Path) -> None:
-    path = tmp_path / "shared.db"
-    async with await SqliteArtifactStore.open(path) as a, await SqliteArtifactStore.open(path) as b:
+async def test_concurrent_uploads_through_two_store_objects(open_store: OpenStore) -> None:
+    async with await open_store() as a, await open_store() as b:
         numbers = await asyncio.gather(*(upload(a if n % 2 else b, n) for n in range(12)))
         await assert_consistent(a, 12, list(numbers))
         assert await b.list_versions(NS, "orders") == await a.list_versions(NS, "orders")
 
 
-async def test_identical_concurrent_uploads_create_one_version(tmp_path: Path) -> None:
-    path = tmp_path / "shared.db"
-    async with await SqliteArtifactStore.open(path) as a, await SqliteArtifactStore.open(path) as b:
+async def test_identical_concurrent_uploads_create_one_version(open_store: OpenStore) -> None:
+    async with await open_store() as a, await open_store() as b:
         data = make_zip(files())
         results = await asyncio.gather(
             *(s.upload(NS, data, filename="b.zip", uploader="u") for s in (a, b, a, b, a, b))
@@ -66,14 +65,13 @@ async def test_identical_concurrent_uploads_create_one_version(tmp_path: Path) -
         assert {r.version.number for r in results} == {1}
 
 
-async def test_compare_and_set_race_has_exactly_one_winner(tmp_path: Path) -> None:
-    path = tmp_path / "shared.db"
-    async with await SqliteArtifactStore.open(path) as a, await SqliteArtifactStore.open(path) as b:
+async def test_compare_and_set_race_has_exactly_one_winner(open_store: OpenStore) -> None:
+    async with await open_store() as a, await open_store() as b:
         for n in range(1, 9):
             await upload(a, n)
         start = await a.set_alias(NS, "orders", "production", 1, actor="setup")
 
-        async def attempt(store: SqliteArtifactStore, target: int) -> AliasRecord | None:
+        async def attempt(store: ArtifactStore, target: int) -> AliasRecord | None:
             try:
                 return await store.set_alias(
                     NS,
@@ -94,9 +92,8 @@ async def test_compare_and_set_race_has_exactly_one_winner(tmp_path: Path) -> No
         assert current is not None and current.generation == start.generation + 1
 
 
-async def test_unconditional_moves_are_all_recorded(tmp_path: Path) -> None:
-    path = tmp_path / "shared.db"
-    async with await SqliteArtifactStore.open(path) as a, await SqliteArtifactStore.open(path) as b:
+async def test_unconditional_moves_are_all_recorded(open_store: OpenStore) -> None:
+    async with await open_store() as a, await open_store() as b:
         for n in range(1, 5):
             await upload(a, n)
         targets = [1, 2, 3, 4] * 3

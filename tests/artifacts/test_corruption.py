@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from artifacts import CorruptBlobError, SqliteArtifactStore, StoreConfig, VersionNotFoundError
+from artifacts import ArtifactStore, CorruptBlobError, SqliteArtifactStore, StoreConfig, VersionNotFoundError
+from tests.artifacts.conftest import RawSql
 from tests.artifacts.helpers import NS, files, make_zip
 
 PAYLOAD = b"MARKER = 'tenantflow-corruption-test-0123456789'\n"
@@ -42,32 +43,25 @@ async def test_flipped_byte_in_the_sqlite_file_is_detected(tmp_path: Path) -> No
         assert (await store.read_bundle(digest)).files["lib.py"] == PAYLOAD
 
 
-async def test_tampered_blob_row_and_file_list(store: SqliteArtifactStore, tmp_path: Path) -> None:
-    digest = (
-        await store.upload(NS, make_zip(files(lib_py=PAYLOAD)), filename="b.zip", uploader="u")
-    ).version.digest
-    db = sqlite3.connect(tmp_path / "artifacts.db")
-    try:
-        with db:
-            db.execute("UPDATE blobs SET data = ? WHERE data = ?", (b"import os\n", PAYLOAD))
-        with pytest.raises(CorruptBlobError, match=r"'lib\.py'"):
-            await store.read_bundle(digest)
-        with db:
-            db.execute("UPDATE blobs SET data = ? WHERE data = ?", (PAYLOAD, b"import os\n"))
-            db.execute("UPDATE bundle_files SET path = 'evil.py' WHERE path = 'lib.py'")
-        with pytest.raises(CorruptBlobError, match=r"'\(file list\)'"):
-            await store.read_bundle(digest)
-        with db:
-            db.execute("UPDATE bundle_files SET path = 'lib.py' WHERE path = 'evil.py'")
-            db.execute("DELETE FROM blobs WHERE data = ?", (PAYLOAD,))
-        with pytest.raises(CorruptBlobError, match=r"read nothing \(blob missing\)"):
-            await store.read_bundle(digest)
-    finally:
-        db.close()
+async def test_tampered_blob_row_and_file_list(store: ArtifactStore, raw_sql: RawSql) -> None:
+    data = make_zip(files(lib_py=PAYLOAD))
+    digest = (await store.upload(NS, data, filename="b.zip", uploader="u")).version.digest
+    await raw_sql("UPDATE blobs SET data = ? WHERE data = ?", (b"import os\n", PAYLOAD))
+    with pytest.raises(CorruptBlobError, match=r"'lib\.py'"):
+        await store.read_bundle(digest)
+    await raw_sql("UPDATE blobs SET data = ? WHERE data = ?", (PAYLOAD, b"import os\n"))
+    await raw_sql("UPDATE bundle_files SET path = 'evil.py' WHERE path = 'lib.py'", ())
+    with pytest.raises(CorruptBlobError, match=r"'\(file list\)'"):
+        await store.read_bundle(digest)
+    await raw_sql("UPDATE bundle_files SET path = 'lib.py' WHERE path = 'evil.py'", ())
+    await raw_sql("UPDATE blobs SET data = ? WHERE data = ?", (b"import os\n", PAYLOAD))
+    # a re-upload of the same content rewrites the damaged blob
+    assert not (await store.upload(NS, data, filename="b.zip", uploader="u")).created
+    assert (await store.read_bundle(digest)).files["lib.py"] == PAYLOAD
 
 
 async def test_derived_forms_are_keyed_verified_and_never_uploaded(
-    store: SqliteArtifactStore, tmp_path: Path
+    store: ArtifactStore, raw_sql: RawSql
 ) -> None:
     digest = (await store.upload(NS, make_zip(files()), filename="b.zip", uploader="u")).version.digest
     assert await store.get_derived(digest, "wasm", "1") is None
@@ -79,12 +73,7 @@ async def test_derived_forms_are_keyed_verified_and_never_uploaded(
     await store.put_derived(digest, "wasm", "1", b"\x00recompiled")  # replaced, not duplicated
     assert await store.get_derived(digest, "wasm", "1") == b"\x00recompiled"
 
-    db = sqlite3.connect(tmp_path / "artifacts.db")
-    try:
-        with db:
-            db.execute("UPDATE derived SET data = ? WHERE backend = 'restricted'", (b"rq",))
-    finally:
-        db.close()
+    await raw_sql("UPDATE derived SET data = ? WHERE backend = 'restricted'", (b"rq",))
     with pytest.raises(CorruptBlobError) as info:
         await store.get_derived(digest, "restricted", "1")
     assert (info.value.digest, info.value.path) == (digest, "derived:restricted/1")
@@ -94,6 +83,20 @@ async def test_derived_forms_are_keyed_verified_and_never_uploaded(
         await store.put_derived(unknown, "wasm", "1", b"x")
     # uploads never carry derived forms: a bundle's files are only its validated sources
     assert set((await store.read_bundle(digest)).files) == {"main.py", "tenantflow.toml"}
+
+
+async def test_missing_blob_row_is_reported(sqlite_store: SqliteArtifactStore, tmp_path: Path) -> None:
+    digest = (
+        await sqlite_store.upload(NS, make_zip(files(lib_py=PAYLOAD)), filename="b.zip", uploader="u")
+    ).version.digest
+    db = sqlite3.connect(tmp_path / "artifacts.db")  # foreign keys are off on this connection
+    try:
+        with db:
+            db.execute("DELETE FROM blobs WHERE data = ?", (PAYLOAD,))
+    finally:
+        db.close()
+    with pytest.raises(CorruptBlobError, match=r"read nothing \(blob missing\)"):
+        await sqlite_store.read_bundle(digest)
 
 
 async def test_derived_size_is_capped(tmp_path: Path) -> None:

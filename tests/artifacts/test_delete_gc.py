@@ -2,31 +2,25 @@
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
 import pytest
 
-from artifacts import SqliteArtifactStore, VersionInUseError, VersionNotFoundError
+from artifacts import ArtifactStore, VersionInUseError, VersionNotFoundError
+from tests.artifacts.conftest import RawSql
 from tests.artifacts.helpers import NS, files, make_zip
 
 
-async def upload(store: SqliteArtifactStore, n: int, ns: str = NS, **extra: bytes) -> str:
+async def upload(store: ArtifactStore, n: int, ns: str = NS, **extra: bytes) -> str:
     data = make_zip(files(v_py=f"N = {n}\n".encode(), **extra))
     return (await store.upload(ns, data, filename="b.zip", uploader="ci")).version.digest
 
 
-def table_counts(path: Path) -> dict[str, int]:
-    db = sqlite3.connect(path)
-    try:
-        return {
-            t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("blobs", "bundles", "derived")
-        }
-    finally:
-        db.close()
+async def table_counts(raw_sql: RawSql) -> dict[str, int]:
+    return {
+        t: (await raw_sql(f"SELECT COUNT(*) FROM {t}", ()))[0][0] for t in ("blobs", "bundles", "derived")
+    }
 
 
-async def test_delete_refused_while_an_alias_points_at_it(store: SqliteArtifactStore) -> None:
+async def test_delete_refused_while_an_alias_points_at_it(store: ArtifactStore) -> None:
     await upload(store, 1)
     await upload(store, 2)
     await store.set_alias(NS, "orders", "production", 1, actor="a")
@@ -40,7 +34,7 @@ async def test_delete_refused_while_an_alias_points_at_it(store: SqliteArtifactS
     assert (await store.resolve(NS, "orders", 1)).number == 1  # still there
 
 
-async def test_delete_refused_while_live_instances_use_it(store: SqliteArtifactStore) -> None:
+async def test_delete_refused_while_live_instances_use_it(store: ArtifactStore) -> None:
     d1 = await upload(store, 1)
     await upload(store, 2)
     asked: list[str] = []
@@ -69,15 +63,14 @@ async def test_delete_refused_while_live_instances_use_it(store: SqliteArtifactS
     ).version.number == 3
 
 
-async def test_gc_deletes_only_unreferenced_blobs(store: SqliteArtifactStore, tmp_path: Path) -> None:
-    db = tmp_path / "artifacts.db"
+async def test_gc_deletes_only_unreferenced_blobs(store: ArtifactStore, raw_sql: RawSql) -> None:
     shared = b"SHARED = True\n"
     d1 = await upload(store, 1, lib_py=shared, only1_txt=b"only in v1")
     await upload(store, 2, lib_py=shared)
     d_other = await upload(store, 1, ns="tenant-b", lib_py=shared, only1_txt=b"only in v1")
     assert d_other == d1  # the same bundle, used by two namespaces
     await store.put_derived(d1, "wasm", "1", b"compiled")
-    before = table_counts(db)
+    before = await table_counts(raw_sql)
 
     assert (await store.collect_garbage()).bundles == 0  # nothing unreferenced yet
     await store.delete_version(NS, "orders", 1, in_use=None)
@@ -92,7 +85,7 @@ async def test_gc_deletes_only_unreferenced_blobs(store: SqliteArtifactStore, tm
     # v1's own blobs are v.py ("N = 1") and only1.txt; main.py, the manifest and lib.py are shared with v2
     assert (result.bundles, result.blobs, result.derived) == (1, 2, 1)
     assert result.bytes_freed == len(b"N = 1\n") + len(b"only in v1") + len(b"compiled")
-    after = table_counts(db)
+    after = await table_counts(raw_sql)
     assert after == {"blobs": before["blobs"] - 2, "bundles": before["bundles"] - 1, "derived": 0}
     with pytest.raises(VersionNotFoundError, match="no bundle with digest"):
         await store.read_bundle(d1)

@@ -24,6 +24,7 @@ def test_public_exports_are_pinned() -> None:
         "InUseHook",
         "InvalidNameError",
         "Manifest",
+        "PostgresArtifactStore",
         "Problem",
         "SchemaVersionError",
         "SqliteArtifactStore",

@@ -8,6 +8,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from artifacts import SqliteArtifactStore
 from tests.artifacts.helpers import (
     MAIN,
@@ -24,6 +26,12 @@ from tests.artifacts.helpers import (
     tar_special,
     tgz_of,
 )
+
+
+@pytest.fixture
+def store(sqlite_store: SqliteArtifactStore) -> SqliteArtifactStore:
+    """Validation never reaches storage: these tests run on SQLite only."""
+    return sqlite_store
 
 
 async def assert_nothing_stored(store: SqliteArtifactStore) -> None:

@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 
 from artifacts import (
+    ArtifactStore,
     InvalidNameError,
     SchemaVersionError,
     SqliteArtifactStore,
     StoreClosedError,
     VersionNotFoundError,
 )
+from tests.artifacts.conftest import OpenStore, RawSql
 from tests.artifacts.helpers import NS, files, make_zip
 
 
@@ -22,7 +24,7 @@ def bundle(n: int, workflow: str = "orders") -> bytes:
     return make_zip(files(workflow, v_py=f"N = {n}\n".encode()))
 
 
-async def test_identical_upload_returns_the_existing_version(store: SqliteArtifactStore) -> None:
+async def test_identical_upload_returns_the_existing_version(store: ArtifactStore) -> None:
     first = await store.upload(NS, bundle(1), filename="b.zip", uploader="alice")
     again = await store.upload(NS, bundle(1), filename="b.zip", uploader="bob")
     assert first.created and not again.created
@@ -31,7 +33,7 @@ async def test_identical_upload_returns_the_existing_version(store: SqliteArtifa
     assert [v.number for v in await store.list_versions(NS, "orders")] == [1]
 
 
-async def test_numbers_increase_per_workflow_and_namespace(store: SqliteArtifactStore) -> None:
+async def test_numbers_increase_per_workflow_and_namespace(store: ArtifactStore) -> None:
     numbers = [
         (await store.upload(NS, bundle(i), filename="b.zip", uploader="u")).version.number for i in range(3)
     ]
@@ -45,9 +47,9 @@ async def test_numbers_increase_per_workflow_and_namespace(store: SqliteArtifact
     assert (await store.upload(NS, bundle(9), filename="b.zip", uploader="u")).version.number == 4
 
 
-async def test_version_records_and_lookups(tmp_path: Path) -> None:
-    clock_at = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
-    async with await SqliteArtifactStore.open(tmp_path / "a.db", clock=lambda: clock_at) as store:
+async def test_version_records_and_lookups(open_store: OpenStore) -> None:
+    clock_at = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    async with await open_store(clock=lambda: clock_at) as store:
         v1 = (await store.upload(NS, bundle(1), filename="b.zip", uploader="alice")).version
         v2 = (await store.upload(NS, bundle(2), filename="b.zip", uploader="bob", aliases=["beta"])).version
         assert v1.created_at == clock_at
@@ -85,19 +87,21 @@ async def test_store_persists_across_reopen_and_records_schema_version(tmp_path:
     db.close()
 
 
-async def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "a.db"
-    async with await SqliteArtifactStore.open(path):
+async def test_schema_version_is_recorded_and_a_newer_one_refused(
+    open_store: OpenStore, raw_sql: RawSql
+) -> None:
+    async with await open_store():
         pass
-    with sqlite3.connect(path) as db:
-        db.execute("INSERT INTO schema_version VALUES (99, 0)")
-    db.close()
+    assert await raw_sql("SELECT version FROM schema_version", ()) == [(1,)]
+    async with await open_store():  # reopening applies nothing twice
+        pass
+    await raw_sql("INSERT INTO schema_version VALUES (99, CURRENT_TIMESTAMP)", ())
     with pytest.raises(SchemaVersionError, match="schema version 99 is newer than the supported 1"):
-        await SqliteArtifactStore.open(path)
+        await open_store()
 
 
-async def test_close_is_idempotent_and_final(tmp_path: Path) -> None:
-    store = await SqliteArtifactStore.open(tmp_path / "a.db")
+async def test_close_is_idempotent_and_final(open_store: OpenStore) -> None:
+    store = await open_store()
     await store.aclose()
     await store.aclose()
     assert store.closed
@@ -107,27 +111,20 @@ async def test_close_is_idempotent_and_final(tmp_path: Path) -> None:
         await store.upload(NS, bundle(1), filename="b.zip", uploader="u")
 
 
-async def test_blobs_are_stored_once(store: SqliteArtifactStore, tmp_path: Path) -> None:
+async def test_blobs_are_stored_once(store: ArtifactStore, raw_sql: RawSql) -> None:
     shared = b"# shared helper\n" * 100
     for i in range(3):
-        await store.upload(
-            f"tenant-{i}",
-            make_zip(files(lib_py=shared, v_py=f"N = {i}\n".encode())),
-            filename="b.zip",
-            uploader="u",
-        )
-    with sqlite3.connect(tmp_path / "artifacts.db") as db:
-        (copies,) = db.execute("SELECT COUNT(*) FROM blobs WHERE data = ?", (shared,)).fetchone()
-    db.close()
-    assert copies == 1
+        data = make_zip(files(lib_py=shared, v_py=f"N = {i}\n".encode()))
+        await store.upload(f"tenant-{i}", data, filename="b.zip", uploader="u")
+    assert await raw_sql("SELECT COUNT(*) FROM blobs WHERE data = ?", (shared,)) == [(1,)]
 
 
-async def test_resolve_is_one_indexed_lookup(store: SqliteArtifactStore, tmp_path: Path) -> None:
+async def test_resolve_is_one_indexed_lookup(sqlite_store: SqliteArtifactStore, tmp_path: Path) -> None:
     """Every resolve form is a single statement whose plan only searches keys: no table scans."""
     from artifacts._digest import parse_ref
     from artifacts._sqlite import SqliteBackend
 
-    version = (await store.upload(NS, bundle(1), filename="b.zip", uploader="u")).version
+    version = (await sqlite_store.upload(NS, bundle(1), filename="b.zip", uploader="u")).version
     db = sqlite3.connect(tmp_path / "artifacts.db")
     try:
         for ref in ("latest", 1, version.digest):
@@ -141,7 +138,7 @@ async def test_resolve_is_one_indexed_lookup(store: SqliteArtifactStore, tmp_pat
         db.close()
 
 
-async def test_records_are_hashable_values(store: SqliteArtifactStore) -> None:
+async def test_records_are_hashable_values(store: ArtifactStore) -> None:
     toml = b'workflow = "orders"\n[limits]\ncpu_seconds = 2\n'
     data = make_zip({"tenantflow.toml": toml, "main.py": files()["main.py"]})
     version = (await store.upload(NS, data, filename="b.zip", uploader="u")).version

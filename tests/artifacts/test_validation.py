@@ -15,6 +15,12 @@ from artifacts import (
 from tests.artifacts.helpers import MAIN, NS, files, make_zip, manifest, messages, rejected, tgz_of
 
 
+@pytest.fixture
+def store(sqlite_store: SqliteArtifactStore) -> SqliteArtifactStore:
+    """Validation never reaches storage: these tests run on SQLite only."""
+    return sqlite_store
+
+
 async def test_every_format_of_the_same_files_is_the_same_version(
     store: SqliteArtifactStore, tmp_path: Path
 ) -> None:
