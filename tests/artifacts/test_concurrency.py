@@ -130,3 +130,23 @@ async def test_writer_waits_for_a_foreign_write_lock_up_to_the_busy_timeout(tmp_
             assert await waiting == 1
         finally:
             other.close()
+
+
+async def test_concurrent_uploads_sharing_blobs_across_workflows(open_store: OpenStore) -> None:
+    """Different workflows writing the same blobs at once neither deadlock nor duplicate them."""
+    shared = {f"s{i}_py": f"S{i} = {i}\n".encode() for i in range(6)}
+    async with await open_store() as a, await open_store() as b:
+        results = await asyncio.gather(
+            *(
+                (a if k % 2 else b).upload(
+                    f"tenant-{k % 3}", make_zip(files(f"wf{k}", **shared)), filename="b.zip", uploader="u"
+                )
+                for k in range(8)
+            )
+        )
+        assert all(r.created and r.version.number == 1 for r in results)
+        for result in results:
+            bundle = await a.read_bundle(result.version.digest)
+            assert bundle.files["s5.py"] == b"S5 = 5\n"
+        gc = await b.collect_garbage()
+        assert (gc.bundles, gc.blobs) == (0, 0)
