@@ -66,7 +66,8 @@ class StoreConfig:
     limits: ValidationLimits = field(default_factory=ValidationLimits)
     """Caps applied to every upload."""
     busy_timeout_seconds: float = 10.0
-    """How long a writer waits for another writer (another store object or process) before failing."""
+    """How long a writer waits for another writer (another store object or process) before failing:
+    SQLite's busy timeout, PostgreSQL's ``lock_timeout``."""
     max_derived_bytes: int = 64 * MiB
     """Largest derived form (e.g. compiled guest bytecode) the store accepts."""
 
