@@ -13,13 +13,16 @@ The host call vocabulary (names and JSON shapes) is documented in ``_hostcalls.p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+import concurrent.futures
+import contextvars
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ._limits import Limits
 
 JSON = Any
+T = TypeVar("T")
 """A value made only of dict (str keys), list, str, int, float, bool and None."""
 
 
@@ -88,11 +91,33 @@ class LoopBridge:
         self._loop = loop
 
     def call(self, name: str, args: JSON) -> JSON:
-        future = asyncio.run_coroutine_threadsafe(self._coro(name, args), self._loop)
-        return future.result()
+        return run_on_loop(self._handler(name, args), self._loop)
 
-    async def _coro(self, name: str, args: JSON) -> JSON:
-        return await self._handler(name, args)
+
+def run_on_loop(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -> T:
+    """Run ``coro`` on ``loop`` from another thread and wait for its result.
+
+    Unlike ``asyncio.run_coroutine_threadsafe``, the task starts in a fresh, empty context: the
+    calling (guest) thread's context variables, such as the tenant SDK's deterministic clock, must
+    never leak into host code.
+    """
+    result: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def start() -> None:
+        task = loop.create_task(coro, context=contextvars.Context())
+
+        def done(task: asyncio.Task[T]) -> None:
+            if task.cancelled():
+                result.cancel()
+            elif (exc := task.exception()) is not None:
+                result.set_exception(exc)
+            else:
+                result.set_result(task.result())
+
+        task.add_done_callback(done)
+
+    loop.call_soon_threadsafe(start, context=contextvars.Context())
+    return result.result()
 
 
 @runtime_checkable

@@ -1,0 +1,112 @@
+"""The engine's one executor: run a tenant's code for one wake-up of one instance.
+
+1. Unwrap the params envelope: ``{tenant, workflow, version}`` (no envelope, no tenant code).
+2. Look up the tenant (a suspended tenant's instance pauses instead of running).
+3. Take a warm sandbox for (tenant, version, backend, limits), or cold-load one.
+4. Invoke ``run(event, step)`` with a bridge bound to this instance's journal.
+5. Map the result: output (wrapped), the tenant's error, a limit, a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from artifacts import ArtifactError
+from engine import Complete, ErrorInfo, Failed, Outcome, RunContext, iso_ms
+from sandbox import LimitExceededError, LoadError, SandboxCrashError, SandboxError, TenantError
+
+from ._bridge import Bindings, StepBridge
+from ._cache import CacheKey, WarmCache
+from ._envelope import unwrap, wrap
+from ._errors import EnvelopeError, NotFoundError
+from ._logs import InstanceLogs
+from ._policy import Tenant
+
+log = logging.getLogger(__name__)
+
+
+class TenantExecutor:
+    """Implements ``engine.Executor`` for every tenant."""
+
+    def __init__(
+        self,
+        *,
+        tenant: Callable[[str], Awaitable[Tenant]],
+        bindings: Callable[[Tenant], Bindings | None],
+        cache: WarmCache,
+        logs: InstanceLogs,
+    ) -> None:
+        self._tenant = tenant
+        self._bindings = bindings
+        self._cache = cache
+        self._logs = logs
+        self.invocations = 0
+        self.dispatch_seconds = 0.0
+
+    async def execute(self, run: RunContext) -> Outcome:
+        instance, journal = run.instance, run.journal
+        try:
+            route, params = unwrap(instance.params, what="instance params")
+        except EnvelopeError as exc:
+            return Failed(ErrorInfo("EnvelopeError", str(exc)))
+        if (route.tenant, route.workflow) != (instance.namespace, instance.workflow):
+            return Failed(
+                ErrorInfo("EnvelopeError", "the params envelope routes to another tenant or workflow")
+            )
+        try:
+            tenant = await self._tenant(route.tenant)
+        except NotFoundError:
+            return Failed(ErrorInfo("TenantNotFound", f"tenant {route.tenant!r} no longer exists"))
+        if tenant.status == "suspended":
+            journal.pause_now()
+        key = CacheKey(tenant.id, route.version, tenant.policy.backend, tenant.policy.sandbox_limits)
+        try:
+            sandbox = await self._cache.acquire(key)
+        except LoadError as exc:
+            return Failed(ErrorInfo("LoadError", str(exc)))
+        except ArtifactError as exc:
+            return Failed(ErrorInfo(type(exc).__name__, str(exc)))
+        except SandboxError as exc:
+            return Failed(ErrorInfo(type(exc).__name__, str(exc)))
+        log_key = (tenant.id, instance.id)
+        bridge = StepBridge(
+            loop=asyncio.get_running_loop(),
+            journal=journal,
+            route=route,
+            bindings=self._bindings(tenant),
+            logs=self._logs,
+            log_key=log_key,
+        )
+        event = {
+            "payload": params,
+            "timestamp": iso_ms(instance.created_at),
+            "instanceId": instance.id,
+            "workflowName": instance.workflow,
+        }
+        reusable = False
+        self.invocations += 1
+        try:
+            result = await sandbox.invoke(event, bridge)
+            reusable = True
+            if result.stdout:
+                self._logs.append(log_key, "stdout", result.stdout, max_bytes=tenant.policy.log_bytes)
+            outcome: Outcome = Complete(wrap(route, result.output))
+        except TenantError as exc:
+            reusable = True
+            if exc.traceback:
+                self._logs.append(log_key, "error", exc.traceback, max_bytes=tenant.policy.log_bytes)
+            outcome = Failed(ErrorInfo(exc.type_name, exc.message))
+        except LimitExceededError as exc:
+            outcome = Failed(ErrorInfo("LimitExceededError", str(exc)))
+        except SandboxCrashError as exc:
+            outcome = Failed(ErrorInfo("SandboxCrashError", str(exc)))
+        except SandboxError as exc:
+            outcome = Failed(ErrorInfo(type(exc).__name__, str(exc)))
+        finally:
+            # A cancelled or failed invocation may leave the guest mid-flight: never reuse it.
+            self._cache.release(key, sandbox, reusable=reusable)
+        if bridge.fatal is not None:
+            return Failed(bridge.fatal)
+        return outcome

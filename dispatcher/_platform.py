@@ -1,0 +1,669 @@
+"""The platform: tenants, tokens, code, instances, each operation authorized for the caller.
+
+``Platform`` is the composition root. It opens the engine store, the artifact store and the control
+store under one data directory, registers ``TenantExecutor`` as the engine's executor, and offers
+every operation the HTTP API and CLI need. Every method takes the caller's ``Principal``: an
+operator may act on any tenant; a tenant token only on its own tenant, and anything outside it
+looks exactly like something that does not exist (``NotFoundError``).
+
+Data directory layout: ``engine.db``, ``artifacts.db``, ``control.db``, ``tenants/<id>.sqlite3``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from artifacts import (
+    AliasRecord,
+    ArtifactError,
+    SqliteArtifactStore,
+    UploadResult,
+    Version,
+    VersionNotFoundError,
+)
+from engine import (
+    CreateRequest,
+    Engine,
+    EngineConfig,
+    EngineValidationError,
+    Instance,
+    InstanceExistsError,
+    InstanceNotFoundError,
+    InvalidTransitionError,
+    RestartFrom,
+    SqliteStore,
+    Status,
+)
+from sandbox import Bundle, SandboxBackend, create_backend
+
+from ._bridge import Bindings
+from ._cache import CacheKey, Prepared, WarmCache
+from ._control import ControlStore, TokenInfo
+from ._envelope import Route, body_of, unwrap, wrap
+from ._errors import (
+    AuthenticationError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitedError,
+    TenantSuspendedError,
+)
+from ._executor import TenantExecutor
+from ._logs import InstanceLogs
+from ._policy import Tenant, TenantPolicy, validate_tenant_id
+
+log = logging.getLogger(__name__)
+_LIVE = ("queued", "running", "waiting", "waitingForPause")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: an operator (``tenant is None``) or one tenant."""
+
+    tenant: str | None
+    token_id: str = ""
+
+    @property
+    def is_operator(self) -> bool:
+        return self.tenant is None
+
+
+OPERATOR = Principal(None, "internal")
+"""The platform itself (CLI in-process use, the demo, tests)."""
+
+
+class _RateLimiter:
+    """A token bucket per tenant: ``rate`` per second, bursts up to one second's worth."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, tenant: str, rate: float, count: int = 1) -> None:
+        now = time.monotonic()
+        tokens, last = self._buckets.get(tenant, (rate, now))
+        tokens = min(rate, tokens + (now - last) * rate)
+        if tokens < count:
+            raise RateLimitedError(tenant, rate, (count - tokens) / rate)
+        self._buckets[tenant] = (tokens - count, now)
+
+
+class Platform:
+    """See the module docstring. Create with ``await Platform.open(data_dir)``."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        engine_config: EngineConfig,
+        backends: dict[str, SandboxBackend],
+        control: ControlStore,
+        artifacts: SqliteArtifactStore,
+        cache_options: Mapping[str, Any],
+    ) -> None:
+        self.data_dir = data_dir
+        self.control = control
+        self.artifacts = artifacts
+        self.backends = backends  # may be _LazyBackends: keep the object, not a copy
+        self.logs = InstanceLogs()
+        self._tenants: dict[str, Tenant] = {}
+        self._bindings: dict[str, Bindings] = {}
+        self._rates = _RateLimiter()
+        self.cache = WarmCache(self.backends, self._prepare, **cache_options)
+        self.executor = TenantExecutor(
+            tenant=self._tenant, bindings=self._bindings_for, cache=self.cache, logs=self.logs
+        )
+        self.engine = Engine(
+            SqliteStore(data_dir / "engine.db", engine_config),
+            self.executor,
+            config=engine_config,
+            key_limit=self._concurrency_limit,
+        )
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        data_dir: str | Path,
+        *,
+        engine_config: EngineConfig | None = None,
+        backends: Mapping[str, SandboxBackend] | None = None,
+        cache_options: Mapping[str, Any] | None = None,
+        start: bool = True,
+    ) -> Platform:
+        """Open (creating on first use) a platform in ``data_dir``.
+
+        ``backends`` defaults to the real ``wasm`` and ``restricted`` backends, created lazily on
+        first use by a tenant that needs them.
+        """
+        directory = Path(data_dir)
+        await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+        control = await ControlStore.open(directory / "control.db")
+        artifacts = await SqliteArtifactStore.open(directory / "artifacts.db")
+        platform = cls(
+            directory,
+            engine_config=engine_config or EngineConfig(),
+            backends=dict(backends) if backends is not None else _LazyBackends(),
+            control=control,
+            artifacts=artifacts,
+            cache_options=cache_options or {},
+        )
+        for tenant in await control.list_tenants():
+            platform._tenants[tenant.id] = tenant
+        if start:
+            await platform.start()
+        return platform
+
+    async def start(self) -> None:
+        await self.engine.start()
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="tenantflow-cache-sweeper")
+
+    async def aclose(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        await self.engine.aclose()
+        await self.cache.aclose()
+        for bindings in self._bindings.values():
+            close = getattr(bindings, "close", None)
+            if close is not None:
+                close()
+        self._bindings.clear()
+        for backend in self.backends.values():
+            await backend.aclose()
+        await self.artifacts.aclose()
+        await self.control.aclose()
+
+    async def __aenter__(self) -> Platform:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # -- authentication ------------------------------------------------------------------------
+
+    async def authenticate(self, token: str | None) -> Principal:
+        if not token:
+            raise AuthenticationError("missing bearer token: send 'Authorization: Bearer <token>'")
+        info = await self.control.authenticate(token)
+        if info is None:
+            raise AuthenticationError("unknown or revoked token")
+        return Principal(info.tenant, info.id)
+
+    async def ensure_operator_token(self, secret: str | None = None) -> str | None:
+        """Register ``secret`` as an operator token, or create one if none exists.
+
+        Returns a newly generated secret (to show once), or None when nothing was generated.
+        """
+        if secret:
+            await self.control.import_token(None, secret, "operator (from environment)")
+            return None
+        if any(t.revoked_at is None for t in await self.control.list_tokens(operators=True)):
+            return None
+        _, generated = await self.control.create_token(None, "operator (generated)")
+        return generated
+
+    # -- tenants -------------------------------------------------------------------------------
+
+    async def create_tenant(
+        self,
+        principal: Principal,
+        tenant_id: str,
+        *,
+        display_name: str = "",
+        policy: Mapping[str, Any] | None = None,
+    ) -> tuple[Tenant, str]:
+        """Create a tenant and its first token (the secret is returned once)."""
+        _require_operator(principal)
+        validate_tenant_id(tenant_id)
+        parsed = TenantPolicy.from_json(dict(policy or {}))
+        tenant = await self.control.create_tenant(tenant_id, display_name or tenant_id, parsed)
+        self._tenants[tenant.id] = tenant
+        _, secret = await self.control.create_token(tenant.id, "created with the tenant")
+        return tenant, secret
+
+    async def list_tenants(self, principal: Principal) -> list[Tenant]:
+        if principal.is_operator:
+            return await self.control.list_tenants()
+        return [await self.get_tenant(principal, principal.tenant or "")]
+
+    async def get_tenant(self, principal: Principal, tenant_id: str) -> Tenant:
+        self._authorize(principal, tenant_id)
+        return await self._tenant(tenant_id)
+
+    async def update_policy(self, principal: Principal, tenant_id: str, changes: Mapping[str, Any]) -> Tenant:
+        _require_operator(principal)
+        current = await self._tenant(tenant_id)
+        policy = TenantPolicy.from_json(dict(changes), base=current.policy)
+        tenant = await self.control.update_tenant(tenant_id, policy=policy)
+        self._policy_changed(tenant)
+        return tenant
+
+    async def set_tenant_status(self, principal: Principal, tenant_id: str, status: str) -> Tenant:
+        """Suspend (pausing its live instances) or re-activate (resuming its paused instances)."""
+        _require_operator(principal)
+        if status not in ("active", "suspended"):
+            raise InvalidRequestError("status", f"must be 'active' or 'suspended', got {status!r}")
+        await self._tenant(tenant_id)
+        tenant = await self.control.update_tenant(tenant_id, status=status)
+        self._policy_changed(tenant)
+        wanted, operation = (
+            (_LIVE, self.engine.pause) if status == "suspended" else (("paused",), self.engine.resume)
+        )
+        cursor = None
+        while True:
+            page = await self.engine.list(tenant_id, status=list(wanted), cursor=cursor, limit=500)
+            for instance in page.items:
+                with contextlib.suppress(InvalidTransitionError, InstanceNotFoundError):
+                    await operation(tenant_id, instance.id)
+            cursor = page.cursor
+            if cursor is None:
+                return tenant
+
+    async def create_token(
+        self, principal: Principal, tenant_id: str | None, label: str = ""
+    ) -> tuple[TokenInfo, str]:
+        """A new token for a tenant (operators, or the tenant itself), or an operator token."""
+        if tenant_id is None:
+            _require_operator(principal)
+        else:
+            self._authorize(principal, tenant_id)
+            await self._tenant(tenant_id)
+        return await self.control.create_token(tenant_id, label)
+
+    async def list_tokens(self, principal: Principal, tenant_id: str | None) -> list[TokenInfo]:
+        if tenant_id is None:
+            _require_operator(principal)
+            return await self.control.list_tokens(operators=True)
+        self._authorize(principal, tenant_id)
+        return await self.control.list_tokens(tenant_id)
+
+    async def revoke_token(self, principal: Principal, token_id: str) -> None:
+        await self.control.revoke_token(token_id, tenant=principal.tenant)
+
+    # -- code ----------------------------------------------------------------------------------
+
+    async def deploy(
+        self,
+        principal: Principal,
+        tenant_id: str,
+        source: Path | bytes,
+        *,
+        filename: str | None = None,
+        workflow: str | None = None,
+        aliases: Sequence[str] = (),
+        move_latest: bool = True,
+    ) -> UploadResult:
+        """Upload a bundle as a new (or the identical existing) version of a tenant's workflow."""
+        self._authorize(principal, tenant_id)
+        await self._tenant(tenant_id)
+        uploader = principal.token_id or ("operator" if principal.is_operator else tenant_id)
+        return await self.artifacts.upload(
+            tenant_id, source, uploader=uploader, workflow=workflow, filename=filename,
+            move_latest=move_latest, aliases=tuple(aliases),
+        )  # fmt: skip
+
+    async def list_workflows(self, principal: Principal, tenant_id: str) -> list[Any]:
+        self._authorize(principal, tenant_id)
+        return list(await self.artifacts.list_workflows(tenant_id))
+
+    async def list_versions(self, principal: Principal, tenant_id: str, workflow: str) -> list[Version]:
+        self._authorize(principal, tenant_id)
+        return list(await self.artifacts.list_versions(tenant_id, workflow))
+
+    async def resolve_version(
+        self, principal: Principal, tenant_id: str, workflow: str, ref: str | int
+    ) -> Version:
+        self._authorize(principal, tenant_id)
+        try:
+            return await self.artifacts.resolve(tenant_id, workflow, ref)
+        except (VersionNotFoundError, ArtifactError) as exc:
+            raise NotFoundError(f"workflow {workflow!r} has no version {ref!r}") from exc
+
+    async def set_alias(
+        self, principal: Principal, tenant_id: str, workflow: str, alias: str, ref: str | int
+    ) -> AliasRecord:
+        self._authorize(principal, tenant_id)
+        return await self.artifacts.set_alias(tenant_id, workflow, alias, ref, actor=_actor(principal))
+
+    async def rollback_alias(
+        self, principal: Principal, tenant_id: str, workflow: str, alias: str
+    ) -> AliasRecord:
+        self._authorize(principal, tenant_id)
+        return await self.artifacts.rollback_alias(tenant_id, workflow, alias, actor=_actor(principal))
+
+    # -- instances -----------------------------------------------------------------------------
+
+    async def create_instance(
+        self,
+        principal: Principal,
+        tenant_id: str,
+        workflow: str,
+        params: Any = None,
+        *,
+        instance_id: str | None = None,
+        version: str | int = "latest",
+    ) -> Instance:
+        return (
+            await self.create_instances(
+                principal, tenant_id, workflow, [(instance_id, params)], version=version
+            )
+        )[0]
+
+    async def create_instances(
+        self,
+        principal: Principal,
+        tenant_id: str,
+        workflow: str,
+        items: Sequence[tuple[str | None, Any]],
+        *,
+        version: str | int = "latest",
+    ) -> list[Instance]:
+        """Create instances pinned to the version ``version`` resolves to now (all or nothing)."""
+        self._authorize(principal, tenant_id)
+        tenant = await self._tenant(tenant_id)
+        if tenant.status != "active":
+            raise TenantSuspendedError(f"tenant {tenant_id!r} is suspended; new instances are refused")
+        resolved = await self.resolve_version(principal, tenant_id, workflow, version)
+        route = Route(tenant_id, workflow, resolved.digest)
+        self._rates.take(tenant_id, tenant.policy.creation_rate, len(items))
+        requests = [
+            CreateRequest(
+                workflow,
+                wrap(route, params),
+                id=instance_id,
+                concurrency_key=tenant_id,
+                retention_ms=tenant.policy.retention_seconds * 1000,
+            )
+            for instance_id, params in items
+        ]
+        try:
+            return await self.engine.create_batch(tenant_id, requests)
+        except InstanceExistsError as exc:
+            raise ConflictError(str(exc)) from None
+        except EngineValidationError as exc:
+            raise InvalidRequestError(exc.field, exc.message) from None
+
+    async def get_instance(
+        self, principal: Principal, tenant_id: str, workflow: str, instance_id: str
+    ) -> Instance:
+        """The instance with its params and output unwrapped (bodies only)."""
+        instance = await self._instance(principal, tenant_id, workflow, instance_id)
+        return _public(instance)
+
+    async def describe_instance(
+        self, principal: Principal, tenant_id: str, workflow: str, instance_id: str
+    ) -> dict[str, Any]:
+        """The Cloudflare-shaped record with ``steps[]`` (bodies only), plus the pinned version and logs."""
+        instance = await self._instance(principal, tenant_id, workflow, instance_id)
+        record = await self.engine.describe(tenant_id, instance_id, payload=body_of)
+        record["versionId"] = _route_of(instance).version
+        record["logs"] = self.logs.get((tenant_id, instance_id))
+        return record
+
+    async def list_instances(
+        self,
+        principal: Principal,
+        tenant_id: str,
+        workflow: str | None,
+        *,
+        status: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        descending: bool = False,
+    ) -> tuple[list[Instance], str | None]:
+        self._authorize(principal, tenant_id)
+        try:
+            page = await self.engine.list(
+                tenant_id, workflow=workflow, status=status, cursor=cursor, limit=limit,
+                created_after=created_after, created_before=created_before, descending=descending,
+            )  # fmt: skip
+        except EngineValidationError as exc:
+            raise InvalidRequestError(exc.field, exc.message) from None
+        return [_public(i) for i in page.items], page.cursor
+
+    async def control_instance(
+        self,
+        principal: Principal,
+        tenant_id: str,
+        workflow: str,
+        instance_id: str,
+        action: str,
+        *,
+        from_step: Mapping[str, Any] | None = None,
+    ) -> Instance:
+        """pause | resume | terminate | restart (optionally ``from_step`` ``{name, count, type}``)."""
+        await self._instance(principal, tenant_id, workflow, instance_id)
+        try:
+            if action == "pause":
+                instance = await self.engine.pause(tenant_id, instance_id)
+            elif action == "resume":
+                if (await self._tenant(tenant_id)).status != "active":
+                    raise TenantSuspendedError(
+                        f"tenant {tenant_id!r} is suspended; its instances stay paused"
+                    )
+                instance = await self.engine.resume(tenant_id, instance_id)
+            elif action == "terminate":
+                instance = await self.engine.terminate(tenant_id, instance_id)
+            elif action == "restart":
+                instance = await self.engine.restart(tenant_id, instance_id, _restart_from(from_step))
+            else:
+                raise InvalidRequestError(
+                    "status", f"must be pause, resume, terminate or restart, got {action!r}"
+                )
+        except InvalidTransitionError as exc:
+            raise ConflictError(str(exc)) from None
+        except EngineValidationError as exc:
+            raise InvalidRequestError(exc.field, exc.message) from None
+        return _public(instance)
+
+    async def send_event(
+        self,
+        principal: Principal,
+        tenant_id: str,
+        workflow: str,
+        instance_id: str,
+        event_type: str,
+        payload: Any,
+    ) -> int:
+        instance = await self._instance(principal, tenant_id, workflow, instance_id)
+        try:
+            return await self.engine.send_event(
+                tenant_id, instance_id, event_type, wrap(_route_of(instance), payload)
+            )
+        except InvalidTransitionError as exc:
+            raise ConflictError(str(exc)) from None
+        except EngineValidationError as exc:
+            raise InvalidRequestError(exc.field, exc.message) from None
+
+    async def delete_instance(
+        self, principal: Principal, tenant_id: str, workflow: str, instance_id: str
+    ) -> None:
+        await self._instance(principal, tenant_id, workflow, instance_id)
+        await self.engine.delete(tenant_id, instance_id)
+        self.logs.drop((tenant_id, instance_id))
+
+    async def migrate(
+        self,
+        principal: Principal,
+        tenant_id: str,
+        workflow: str,
+        instance_ids: Sequence[str],
+        version: str | int,
+    ) -> list[Instance]:
+        """Operator only: re-pin unfinished instances to another version of their workflow."""
+        _require_operator(principal)
+        target = await self.resolve_version(principal, tenant_id, workflow, version)
+        migrated = []
+        for instance_id in instance_ids:
+            instance = await self._instance(principal, tenant_id, workflow, instance_id)
+            route, body = unwrap(instance.params)
+            new_route = Route(route.tenant, route.workflow, target.digest)
+            try:
+                migrated.append(
+                    _public(await self.engine.replace_params(tenant_id, instance_id, wrap(new_route, body)))
+                )
+            except InvalidTransitionError as exc:
+                raise ConflictError(str(exc)) from None
+        return migrated
+
+    async def version_in_use(self, tenant_id: str, digest: str) -> bool:
+        """Whether an unfinished instance of ``tenant_id`` is pinned to ``digest`` (for version deletion)."""
+        cursor = None
+        while True:
+            page = await self.engine.list(tenant_id, status=[*_LIVE, "paused"], cursor=cursor, limit=500)
+            if any(_route_of(i).version == digest for i in page.items):
+                return True
+            cursor = page.cursor
+            if cursor is None:
+                return False
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "cache": {
+                **self.cache.stats.to_json(),
+                "entries": len(self.cache),
+                "sandboxes": self.cache.sandboxes,
+            },
+            "invocations": self.executor.invocations,
+            "runs_started": self.engine.runs_started,
+        }
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _authorize(self, principal: Principal, tenant_id: str) -> None:
+        if not principal.is_operator and principal.tenant != tenant_id:
+            raise NotFoundError(f"tenant {tenant_id!r} not found")
+
+    async def _tenant(self, tenant_id: str) -> Tenant:
+        tenant = self._tenants.get(tenant_id)
+        if tenant is None:
+            tenant = await self.control.get_tenant(tenant_id)
+            self._tenants[tenant_id] = tenant
+        return tenant
+
+    async def _instance(
+        self, principal: Principal, tenant_id: str, workflow: str, instance_id: str
+    ) -> Instance:
+        self._authorize(principal, tenant_id)
+        try:
+            instance = await self.engine.get(tenant_id, instance_id)
+        except (InstanceNotFoundError, EngineValidationError):
+            raise NotFoundError(f"instance {instance_id!r} not found") from None
+        if instance.workflow != workflow:
+            raise NotFoundError(f"instance {instance_id!r} not found")
+        return instance
+
+    def _policy_changed(self, tenant: Tenant) -> None:
+        self._tenants[tenant.id] = tenant
+        self.cache.invalidate(tenant.id)
+        bindings = self._bindings.pop(tenant.id, None)
+        close = getattr(bindings, "close", None)
+        if close is not None:
+            close()
+
+    def _concurrency_limit(self, key: str) -> int:
+        tenant = self._tenants.get(key)
+        return tenant.policy.max_concurrent_instances if tenant else 1
+
+    def _bindings_for(self, tenant: Tenant) -> Bindings | None:
+        policy = tenant.policy
+        if not policy.bindings:
+            return None
+        bindings = self._bindings.get(tenant.id)
+        if bindings is None:
+            from ._bindings import BindingPolicy, TenantBindings
+
+            bindings = TenantBindings(
+                tenant.id,
+                BindingPolicy(
+                    granted=policy.bindings,
+                    fetch_allowlist=policy.fetch_allowlist,
+                    secrets=policy.secrets,
+                    storage_quota_bytes=policy.storage_quota_bytes,
+                    fetch_timeout_seconds=policy.fetch_timeout_seconds,
+                    fetch_max_response_bytes=policy.fetch_max_response_bytes,
+                ),
+                self.data_dir,
+            )
+            self._bindings[tenant.id] = bindings
+        return bindings
+
+    async def _prepare(self, key: CacheKey, backend: SandboxBackend) -> Prepared:
+        files = await self.artifacts.read_bundle(key.digest)
+        bundle = Bundle(key.digest, dict(files.files), files.manifest.entry)
+        derived = await self.artifacts.get_derived(key.digest, backend.name, backend.version)
+        if derived is None:
+            derived = await backend.prepare(bundle)
+            await self.artifacts.put_derived(key.digest, backend.name, backend.version, derived)
+        return Prepared(bundle, derived)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            self.cache.sweep()
+
+
+class _LazyBackends(dict[str, SandboxBackend]):
+    """The real backends, created on first use (the wasm runner builds itself then)."""
+
+    def __missing__(self, name: str) -> SandboxBackend:
+        backend = create_backend(name)
+        self[name] = backend
+        return backend
+
+
+def _require_operator(principal: Principal) -> None:
+    if not principal.is_operator:
+        raise PermissionDeniedError("this operation needs an operator token")
+
+
+def _actor(principal: Principal) -> str:
+    return principal.token_id or ("operator" if principal.is_operator else str(principal.tenant))
+
+
+def _route_of(instance: Instance) -> Route:
+    return unwrap(instance.params, what="instance params")[0]
+
+
+def _public(instance: Instance) -> Instance:
+    """The instance as clients see it: params and output are bodies, never envelopes."""
+    from dataclasses import replace
+
+    return replace(instance, params=body_of(instance.params), output=body_of(instance.output))
+
+
+def _restart_from(value: Mapping[str, Any] | None) -> RestartFrom | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not isinstance(value.get("name"), str):
+        raise InvalidRequestError("from", "must be {name, count?, type?}")
+    count = value.get("count", 1)
+    step_type = value.get("type", "step")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise InvalidRequestError("from.count", f"must be a positive integer, got {count!r}")
+    if step_type not in ("step", "sleep", "waitForEvent"):
+        raise InvalidRequestError("from.type", f"must be step, sleep or waitForEvent, got {step_type!r}")
+    return RestartFrom(value["name"], count, step_type)
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("TENANTFLOW_DATA_DIR", Path.home() / ".local" / "share" / "tenantflow"))
+
+
+__all__ = ["OPERATOR", "Platform", "Principal", "Status", "default_data_dir"]
