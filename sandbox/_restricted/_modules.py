@@ -6,12 +6,14 @@ allowlisted module is represented by a ``ModuleProxy`` that exposes only the nam
 ``ALLOWLIST`` (in the style of AccessControl's ``ModuleSecurityInfo``). Proxies are created per
 tenant load (never shared between tenants) and are read-only. Names whose value is shared mutable
 state (``hashlib.algorithms_available``, ``urllib.parse.uses_relative``, ``decimal.DefaultContext``,
-``textwrap.TextWrapper``'s class-level dict) are deliberately not declared. Per-tenant state
+``textwrap.TextWrapper``'s class-level dict) are deliberately not declared, and so are wrappers
+that call ``str.format`` on tenant text out of the guards' sight (``collections.UserString``). Per-tenant state
 (``random``, ``time``, ``uuid.uuid4``, ``tenantflow``) comes from providers given by the worker.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -36,7 +38,7 @@ ALLOWLIST: dict[str, str] = {
     "itertools": "accumulate chain combinations combinations_with_replacement compress count cycle "
     "dropwhile filterfalse groupby islice pairwise permutations product repeat starmap takewhile tee "
     "zip_longest",
-    "collections": "deque Counter OrderedDict defaultdict ChainMap namedtuple UserDict UserList UserString",
+    "collections": "deque Counter OrderedDict defaultdict ChainMap namedtuple UserDict UserList",
     "functools": "reduce partial lru_cache cache cmp_to_key total_ordering wraps cached_property "
     "singledispatch",
     "string": "ascii_letters ascii_lowercase ascii_uppercase digits hexdigits octdigits punctuation "
@@ -117,9 +119,22 @@ class TenantModule(ModuleProxy):
         raise AttributeError(f"module {self.__globals.get('__name__')!r} has no attribute {attr!r}")
 
 
+def _safe_wraps(wrapped: Any) -> Any:
+    """``functools.wraps`` without ``assigned``/``updated``: with those, trusted code copies any
+    attribute by name (``updated=("__globals__",)`` merges a platform module's globals, real modules
+    included, into the tenant's namespace)."""
+    return functools.wraps(wrapped)
+
+
+OVERRIDES: dict[str, dict[str, Any]] = {"functools": {"wraps": _safe_wraps}}
+"""Declared names whose real value is unsafe with some arguments, replaced by a safe wrapper."""
+
+
 def stdlib_members(module_name: str) -> dict[str, Any]:
     module = importlib.import_module(module_name)
-    return {name: getattr(module, name) for name in ALLOWLIST[module_name].split()}
+    members = {name: getattr(module, name) for name in ALLOWLIST[module_name].split()}
+    members.update(OVERRIDES.get(module_name, {}))
+    return members
 
 
 def preload() -> None:

@@ -15,7 +15,10 @@ suspension) is re-raised. Tenants cannot define ``__exit__`` or ``__del__`` (Res
 only allows a few dunder names), so ``with`` blocks and finalizers cannot swallow them either.
 The guard of each tenant also refuses to run while another tenant's invocation is current: a
 generator of tenant A finalized during tenant B's turn would otherwise run A's ``finally`` code
-with B's host bridge, output and deterministic clock.
+with B's host bridge, output and deterministic clock. For the same reason every tenant function
+and lambda starts with ``_tf_owner_()``: whatever hook makes platform code call a tenant function
+late (cyclic GC of an object whose class got a ``__del__`` through ``enum``'s functional API, a
+callable left in a shared cache), it cannot run in another tenant's turn.
 
 Iteration of allowed objects is not filtered per item: our policy has no per-object
 authorization (everything reachable is already safe to hold), so ``sorted``/``zip``/``tuple``
@@ -51,11 +54,12 @@ from RestrictedPython.Guards import (
 from RestrictedPython.transformer import RestrictingNodeTransformer
 
 GUARD_NAME = "_tf_guard_"
+OWNER_NAME = "_tf_owner_"
 EXIT_MEMORY = 86
 """Worker exit status meaning "the memory limit fired" (a MemoryError anywhere in the worker)."""
 RANGE_MAX = 10_000_000
 """Largest ``range`` a tenant may create (iterating more is a CPU bomb anyway)."""
-POLICY_VERSION = "3"
+POLICY_VERSION = "4"
 """Bump whenever the transformer output changes: it keys the platform's cache of derived code."""
 
 
@@ -91,6 +95,28 @@ class TenantTransformer(RestrictingNodeTransformer):
         call = ast.Expr(ast.Call(func=ast.Name(GUARD_NAME, ast.Load()), args=[], keywords=[]))
         ast.copy_location(call, anchor)
         return ast.fix_missing_locations(call)
+
+    @staticmethod
+    def _owner_call() -> ast.Call:
+        return ast.Call(func=ast.Name(OWNER_NAME, ast.Load()), args=[], keywords=[])
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        function = cast(ast.FunctionDef, super().visit_FunctionDef(node))
+        statement = ast.Expr(self._owner_call())
+        ast.copy_location(statement, function.body[0])
+        has_docstring = (
+            isinstance(function.body[0], ast.Expr)
+            and isinstance(function.body[0].value, ast.Constant)
+            and isinstance(function.body[0].value.value, str)
+        )
+        function.body.insert(1 if has_docstring else 0, ast.fix_missing_locations(statement))
+        return function
+
+    def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
+        function = cast(ast.Lambda, super().visit_Lambda(node))
+        check = ast.BoolOp(op=ast.Or(), values=[self._owner_call(), function.body])
+        function.body = ast.fix_missing_locations(ast.copy_location(check, function.body))
+        return function
 
     def visit_ExceptHandler(self, node: ast.ExceptHandler) -> ast.AST:
         handler = cast(ast.ExceptHandler, super().visit_ExceptHandler(node))
@@ -175,7 +201,6 @@ _ITEM_TYPES: tuple[type, ...] = (
     collections.ChainMap,
     collections.UserDict,
     collections.UserList,
-    collections.UserString,
     re.Match,
 )
 _GENERIC_TYPES = frozenset({list, dict, tuple, set, frozenset, type})
@@ -384,11 +409,26 @@ def tenant_guard(is_current: Callable[[], bool]) -> Callable[[], None]:
     return _tf_guard_
 
 
+def tenant_owner_check(is_current: Callable[[], bool]) -> Callable[[], None]:
+    """The ``_tf_owner_`` of one tenant, called first in each of its functions and lambdas."""
+
+    def _tf_owner_() -> None:
+        if not is_current():
+            raise ForeignTenantSignal()
+
+    return _tf_owner_
+
+
+def _no_owner_check() -> None:
+    return None
+
+
 def make_globals(
     module_name: str,
     tenant_builtins: dict[str, Any],
     print_factory: Callable[..., Any],
     guard: Callable[[], None] = exc_guard,
+    owner: Callable[[], None] = _no_owner_check,
 ) -> dict[str, Any]:
     """Globals for one tenant module: its builtins and the guards RestrictedPython code calls."""
     return {
@@ -405,4 +445,5 @@ def make_globals(
         "_apply_": guarded_apply,
         "_print_": print_factory,
         GUARD_NAME: guard,
+        OWNER_NAME: owner,
     }

@@ -41,6 +41,7 @@ from ._policy import (
     make_builtins,
     make_globals,
     tenant_guard,
+    tenant_owner_check,
 )
 
 MAX_INBOUND_FRAME = 256 * 1024 * 1024
@@ -49,8 +50,9 @@ _STANDIN = types.ModuleType("tenantflow_tenant")
 _sdk = _runtime.sdk
 
 
-def make_print_factory(worker: Worker) -> Callable[..., Any]:
-    """``_print_`` for RestrictedPython: every ``print`` lands in the current invocation's capture."""
+def make_print_factory(worker: Worker, tenant: Tenant) -> Callable[..., Any]:
+    """``_print_`` for RestrictedPython: the tenant's ``print`` lands in its invocation's capture
+    (and nowhere while another tenant's invocation is current)."""
 
     class _Printer:
         __slots__ = ("_getattr",)
@@ -60,7 +62,8 @@ def make_print_factory(worker: Worker) -> Callable[..., Any]:
             self._getattr = _getattr_
 
         def write(self, text: str) -> None:
-            worker.output.write(text)
+            if worker.current is tenant:
+                worker.output.write(text)
 
         def __call__(self) -> str:
             return ""
@@ -94,7 +97,8 @@ class Tenant:
         self._guard = tenant_guard(self._is_current)
         self.importer = Importer(_runtime.providers(self.runtime), self._module)
         self.builtins = make_builtins(self.importer)
-        self._print_factory = worker.print_factory
+        self._print_factory = make_print_factory(worker, self)
+        self._owner = tenant_owner_check(self._is_current)
         self.run: Any = None
 
     def _is_current(self) -> bool:
@@ -117,7 +121,7 @@ class Tenant:
         # name with an empty stand-in there (tenant code can read neither).
         internal_name = f"{TENANT_MODULE_PREFIX}{name}"
         sys.modules.setdefault(internal_name, _STANDIN)
-        namespace = make_globals(internal_name, self.builtins, self._print_factory, self._guard)
+        namespace = make_globals(internal_name, self.builtins, self._print_factory, self._guard, self._owner)
         module = TenantModule(name, namespace)
         self.modules[name] = module
         if "." in name:
@@ -158,7 +162,6 @@ class Worker:
         self.cpu_hard = int(config["cpu_hard"])
         self.tenants: collections.OrderedDict[str, Tenant] = collections.OrderedDict()
         self.output: Any = _sdk.OutputCapture(0)
-        self.print_factory = make_print_factory(self)
         self.cpu_soft = 0
         self.current: Tenant | None = None
         self.page_size = resource.getpagesize()

@@ -89,6 +89,19 @@ ATTACKS: list[Attack] = [
         "import string\nreturn string.Template('${a.__class__}').substitute(a=1)",
     ),
     _a("fstring_dunder", "format", "x = 1\nreturn f'{x.__class__}'"),
+    _a(
+        "userstring_format",
+        "format",
+        "import collections, statistics\n"
+        "return collections.UserString('{0.__globals__[sys].path}').format(statistics.mean)",
+    ),
+    _a(
+        "template_dotted_idpattern",
+        "format",
+        "import string\nclass T(string.Template):\n    idpattern = '[a-z_.]+'\n"
+        "return T('$__class__.__mro__').substitute({'a': 1})",
+    ),
+    _a("percent_format_walk", "format", "return '%(a)s' % {'a': step}", "ok"),
     # --- frames of generators, coroutines, async generators --------------------------------------
     _a("gen_frame", "frames", "def g():\n    yield 1\nreturn g().gi_frame.f_back.f_globals"),
     _a("gen_frame_getattr", "frames", "def g():\n    yield 1\nreturn getattr(g(), 'gi_frame')"),
@@ -146,6 +159,22 @@ ATTACKS: list[Attack] = [
     _a("step_private", "facade", "return getattr(step, '_rt')"),
     _a("env_private", "facade", "from tenantflow import env\nreturn getattr(env.kv, '_binding_name')"),
     _a("print_collector", "facade", "print('x')\nreturn getattr(_print, 'write')"),
+    # --- trusted helpers that copy or read attributes by caller-given names ----------------------
+    _a(
+        "wraps_updated_globals",
+        "helpers",
+        "import functools, statistics\ndef f():\n    pass\n"
+        "functools.wraps(statistics.mean, assigned=(), updated=('__globals__',))(f)\nreturn str(sys.path)",
+    ),
+    _a(
+        "enum_functional_dunder",
+        "helpers",
+        "import enum\ndef spy(self, *args):\n    return 'spied'\n"
+        "E = enum.Enum('E', [('a', 1), ('__repr__', spy)])\nreturn repr(E.a)",
+        "ok",
+        "tenant",
+        "load",
+    ),
     # --- AttributeError.obj and friends -------------------------------------------------------------
     _a(
         "attributeerror_obj",

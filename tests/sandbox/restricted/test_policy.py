@@ -193,6 +193,15 @@ def forever():
 step_ref = []
 held = []
 
+import enum
+
+def spy(self):
+    print('tenant A finalizer')
+    step_ref[0].do('a-finalizer', lambda: 1)
+
+# __del__ through enum's functional API (RestrictedPython forbids defining it directly)
+Spy = enum.Enum('Spy', [('member', 1), ('__del__', spy)])
+
 def run(event, step):
     step_ref.append(step)
     gen = forever()
