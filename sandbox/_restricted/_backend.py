@@ -1,7 +1,8 @@
 """``RestrictedBackend`` and its lightweight ``Sandbox`` handles.
 
 A restricted sandbox is only a handle: the bundle digest, its derived (compiled) code and the
-limits, bound to the backend's worker pool. Loaded module state lives in the workers' LRUs, so
+limits, bound to the backend's worker pool (so, unlike other backends, concurrent invocations of
+one handle are harmless: each runs on its own worker). Loaded module state lives in the workers' LRUs, so
 many handles cost almost nothing in the parent, and an invocation may run on any worker (it is
 routed to one that already has the bundle warm when possible).
 """
@@ -37,7 +38,6 @@ class RestrictedSandbox:
         self._limits = limits
         self._limits_frame = limits_frame(limits)
         self._alive = True
-        self._busy = False
 
     @property
     def alive(self) -> bool:
@@ -54,16 +54,11 @@ class RestrictedSandbox:
     async def invoke(self, event: JSON, bridge: HostBridge) -> InvokeResult:
         if not self._alive:
             raise SandboxClosedError("this sandbox was closed; load the bundle again")
-        if self._busy:
-            raise SandboxCrashError("a sandbox serves one invocation at a time")
-        self._busy = True
         try:
             return await self._invoke(event, bridge)
         except (LimitExceededError, SandboxCrashError):
-            self._alive = False
+            self._alive = False  # trap-class failures discard the sandbox, as in every backend
             raise
-        finally:
-            self._busy = False
 
     async def _invoke(self, event: JSON, bridge: HostBridge) -> InvokeResult:
         pool = self._pool

@@ -73,7 +73,7 @@ class PoolConfig:
     memory_ceiling: int = 1024 * MiB
     """Hard RLIMIT_AS headroom of a worker; per-invocation soft limits come from ``Limits``."""
     cpu_ceiling: int = 3600
-    """Hard RLIMIT_CPU of a worker over its lifetime; it is recycled at half of it."""
+    """Hard RLIMIT_CPU of a worker over its lifetime (seconds, >= 2); it is recycled at half of it."""
     start_timeout: float = 30.0
     """Seconds a new worker may take to become ready."""
     worker_stderr: bool = False
@@ -84,6 +84,10 @@ class PoolConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"PoolConfig.{name} must be a positive integer, got {value!r}")
+        if self.cpu_ceiling < 2:
+            raise ValueError("PoolConfig.cpu_ceiling must be at least 2 seconds")
+        if not self.start_timeout > 0:
+            raise ValueError("PoolConfig.start_timeout must be positive")
 
 
 def limits_frame(limits: Limits) -> dict[str, Any]:
@@ -157,6 +161,7 @@ class WorkerProcess:
         self.dead = False
         self.started = time.monotonic()
         self._call: _Call | None = None
+        self.exit_cpu = 0.0
         self._killed_for: str | None = None
         config = pool.config
         boot_config = json.dumps(
@@ -237,14 +242,22 @@ class WorkerProcess:
                         pipe.close()
 
     def _reap(self) -> int | None:
-        try:
-            return self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        """Wait for the process (it closed its pipe, so it is exiting) and note its CPU time."""
+        deadline = time.monotonic() + 5.0
+        while True:
             try:
-                return self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                return None
+                pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return self.proc.returncode
+            if pid:
+                code = os.waitstatus_to_exitcode(status)
+                self.proc.returncode = code
+                self.exit_cpu = usage.ru_utime + usage.ru_stime
+                return code
+            if time.monotonic() > deadline:
+                self.kill()  # it closed the pipe but lingers: a hostile worker
+                deadline = time.monotonic() + 5.0
+            time.sleep(0.001)
 
     def _serve_call(self, message: dict[str, Any]) -> bool:
         call = self._call
@@ -300,12 +313,15 @@ class WorkerProcess:
         self, message: dict[str, Any], limits: Limits, bridge: HostBridge | None
     ) -> tuple[dict[str, Any], _Call]:
         """Send one load/invoke; its final message (untrusted) and the call record. Raises SandboxError."""
+        try:
+            frame = _frames.encode(message)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"the event must be a JSON value: {exc}") from None
         loop = self.pool.loop
         call = _Call(loop, limits, bridge)
         self._call = call
         call.timer = loop.call_later(limits.wall_seconds, self._wall_expired, call)
         try:
-            frame = _frames.encode(message)
             if len(frame) > 65536:
                 await asyncio.to_thread(self._write, frame)
             else:
@@ -354,7 +370,9 @@ class WorkerProcess:
                 call.limit = LimitExceededError(
                     "memory", f"the invocation needed more than {call.limits.memory_bytes} bytes of memory"
                 )
-            elif code in (-signal.SIGPROF, -signal.SIGXCPU):
+            elif code in (-signal.SIGPROF, -signal.SIGXCPU) or (
+                code == -signal.SIGKILL and self.exit_cpu >= self.pool.config.cpu_ceiling - 0.5
+            ):
                 call.limit = LimitExceededError(
                     "cpu", f"the invocation used more than {call.limits.cpu_seconds} s of CPU time"
                 )
@@ -373,10 +391,10 @@ class WorkerProcess:
                     _frames.write_all(self._write_fd, _frames.encode({"t": "exit"}))
                 with contextlib.suppress(OSError):
                     self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=1)
-        except subprocess.TimeoutExpired:
+        self._thread.join(1.0)  # the reader reaps the process once the pipe closes
+        if self._thread.is_alive():
             self.kill()
+            self._thread.join(5.0)
 
 
 class WorkerPool:

@@ -198,7 +198,7 @@ class Worker:
         # RLIMIT_CPU is the kernel's backstop (whole seconds); ITIMER_PROF is the precise budget.
         needed = math.ceil(time.process_time() + cpu) + 1
         if needed > self.cpu_soft or self.cpu_soft > needed + 60:
-            self.cpu_soft = min(self.cpu_hard, needed)
+            self.cpu_soft = min(self.cpu_hard - 1, needed)  # below hard: SIGXCPU, not SIGKILL
             resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_soft, self.cpu_hard))
         vm = int(os.pread(self.statm_fd, 32, 0).split(maxsplit=1)[0]) * self.page_size
         resource.setrlimit(resource.RLIMIT_AS, (min(self.as_hard, vm + int(limits["mem"])), self.as_hard))
