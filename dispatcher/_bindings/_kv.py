@@ -127,7 +127,7 @@ def _decode_cursor(cursor: object) -> str:
     if not isinstance(cursor, str):
         raise refuse("TypeError", f"env.kv.list: cursor must be a str or None, not {type(cursor).__name__}")
     try:
-        return base64.urlsafe_b64decode(cursor.encode("ascii")).decode("utf-8")
+        return base64.b64decode(cursor.encode("ascii"), altchars=b"-_", validate=True).decode("utf-8")
     except (ValueError, UnicodeError):
         raise refuse(
             "ValueError",
