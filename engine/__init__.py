@@ -50,6 +50,7 @@ from ._model import (
     Suspended,
     iso_ms,
 )
+from ._postgres import PostgresStore
 from ._sqlite import SqliteStore
 from ._store import EngineStore
 from ._validation import validate_id
@@ -81,6 +82,7 @@ __all__ = [
     "Outcome",
     "Page",
     "PayloadTooLargeError",
+    "PostgresStore",
     "RestartFrom",
     "RetryConfig",
     "RunAborted",

@@ -1,4 +1,8 @@
-"""Engine test harness: a real SQLite store in tmp_path, in-process workflows, a manual clock."""
+"""Engine test harness: a real store, in-process workflows, a manual clock.
+
+Every test using ``harness`` runs twice: on SQLite (a file in tmp_path) and on PostgreSQL (a schema
+of its own, see ``pg_schema`` in tests/conftest.py; skipped when the server is unreachable).
+"""
 
 from __future__ import annotations
 
@@ -13,20 +17,26 @@ from engine import (
     CreateRequest,
     Engine,
     EngineConfig,
+    EngineStore,
     FunctionExecutor,
     Instance,
     ManualClock,
+    PostgresStore,
     SqliteStore,
     Status,
     WorkflowFunction,
 )
+from tests.conftest import PgSchema
 
 NS = "ns-a"
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+StoreFactory = Callable[[EngineConfig], EngineStore]
 
 
 class Harness:
-    def __init__(self, path: Path) -> None:
-        self.path = path / "engine.db"
+    def __init__(self, make_store: StoreFactory) -> None:
+        self.make_store = make_store
         self.clock = ManualClock()
         self.executor = FunctionExecutor()
         self.engine: Engine | None = None
@@ -41,7 +51,7 @@ class Harness:
     async def start(self, config: EngineConfig | None = None, *, real_clock: bool = False) -> Engine:
         config = config or EngineConfig()
         self.engine = Engine(
-            SqliteStore(self.path, config),
+            self.make_store(config),
             self.executor,
             config=config,
             clock=None if real_clock else self.clock,
@@ -75,9 +85,17 @@ class Harness:
             await self.engine.aclose()
 
 
-@pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    h = Harness(tmp_path)
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """Stores of the backend named by ``request.param``, all on the same storage."""
+    if request.param == "sqlite":
+        return lambda config: SqliteStore(tmp_path / "engine.db", config)
+    pg: PgSchema = request.getfixturevalue("pg_schema")
+    return lambda config: PostgresStore(pg.dsn, config, schema=pg.name, max_read_connections=4)
+
+
+@pytest.fixture(params=BACKENDS)
+async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
+    h = Harness(store_factory(request, tmp_path))
     yield h
     await h.aclose()
 

@@ -1,4 +1,6 @@
-"""A workflow process for the crash tests: ``python -m tests.engine.crash_worker DB EFFECTS MODE``.
+"""A workflow process for the crash tests: ``python -m tests.engine.crash_worker EFFECTS MODE STORE...``.
+
+STORE is ``sqlite PATH`` or ``postgres DSN SCHEMA``.
 
 Each of 5 steps appends ``instance:step`` to EFFECTS (fsynced) and returns a value. MODE decides where
 the first process kills itself with SIGKILL: ``mid-step`` (inside step 3 of instance c7, before the step
@@ -15,12 +17,29 @@ import signal
 import sys
 from typing import Any
 
-from engine import CreateRequest, Engine, EngineConfig, FunctionExecutor, Journal, SqliteStore
+from engine import (
+    CreateRequest,
+    Engine,
+    EngineConfig,
+    EngineStore,
+    FunctionExecutor,
+    Journal,
+    PostgresStore,
+    SqliteStore,
+)
 
 INSTANCES = [f"c{i}" for i in range(12)]
 
 
-def main(db: str, effects: str, mode: str) -> None:
+def open_store(backend: str, *where: str) -> EngineStore:
+    if backend == "sqlite":
+        (path,) = where
+        return SqliteStore(path)
+    dsn, schema = where
+    return PostgresStore(dsn, schema=schema)
+
+
+def main(effects: str, mode: str, backend: str, *where: str) -> None:
     def record(instance_id: str, index: int) -> int:
         if mode == "mid-step" and instance_id == "c7" and index == 3:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -41,7 +60,7 @@ def main(db: str, effects: str, mode: str) -> None:
 
     async def run() -> None:
         executor = FunctionExecutor({"five": five})
-        async with Engine(SqliteStore(db), executor, config=EngineConfig()) as engine:
+        async with Engine(open_store(backend, *where), executor, config=EngineConfig()) as engine:
             if mode != "none":
                 await engine.create_batch("crash", [CreateRequest("five", id=i) for i in INSTANCES])
             outputs = {i: (await engine.wait("crash", i, timeout=30)).output for i in INSTANCES}
@@ -51,4 +70,4 @@ def main(db: str, effects: str, mode: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:])

@@ -37,6 +37,7 @@ def test_exports_are_pinned() -> None:
             "Outcome",
             "Page",
             "PayloadTooLargeError",
+            "PostgresStore",
             "RestartFrom",
             "RetryConfig",
             "RunAborted",

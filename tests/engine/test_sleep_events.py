@@ -124,14 +124,17 @@ async def test_wait_timeout_is_catchable(harness: Harness) -> None:
 async def test_two_waits_for_one_type_consume_events_in_order(harness: Harness) -> None:
     @harness.workflow
     async def two(params: Any, step: Journal) -> Any:
+        await step.sleep("gate", 1000)  # else it could finish before the third event is sent
         first = await step.wait_for_event("first", "vote")
         second = await step.wait_for_event("second", "vote")
         return [first["payload"], second["payload"]]
 
     await harness.start()
     instance = await harness.create("two")
+    await harness.wait(instance.id, Status.WAITING)
     for payload in ("yes", "no", "extra"):
         await harness.engine.send_event(NS, instance.id, "vote", payload)  # type: ignore[union-attr]
+    await harness.advance(1000)
     done = await harness.wait(instance.id)
     assert done.output == ["yes", "no"]
 

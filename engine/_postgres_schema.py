@@ -1,0 +1,120 @@
+"""The PostgreSQL schema of the engine store: ordered migrations applied under an advisory lock.
+
+Each entry of ``MIGRATIONS`` is applied once, in order, and recorded in ``schema_version``. That
+table is keyed by component (``engine`` here) so other stores can keep their own versions in the
+same PostgreSQL schema. All migrations pending at startup run in ONE transaction holding
+``pg_advisory_xact_lock``: several processes starting at once serialize, and the later ones find
+nothing left to do. Never edit a released migration; append a new one.
+
+The tables mirror the SQLite store's (times are epoch ms in BIGINT; payloads stay TEXT so they are
+stored byte for byte as the engine encoded them, never re-serialized the way JSONB would).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+COMPONENT = "engine"
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: instances, their journals and their buffered events.
+    """
+    CREATE TABLE instances (
+        pk BIGSERIAL PRIMARY KEY,
+        ns TEXT NOT NULL,
+        id TEXT NOT NULL,
+        workflow TEXT NOT NULL,
+        status TEXT NOT NULL,
+        params TEXT,
+        output TEXT,
+        error_name TEXT,
+        error_message TEXT,
+        ckey TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        started_at BIGINT,
+        ended_at BIGINT,
+        updated_at BIGINT NOT NULL,
+        wake_at BIGINT,
+        paused_wake_at BIGINT,
+        waiting_event TEXT,
+        retention_ms BIGINT,
+        purge_at BIGINT,
+        generation BIGINT NOT NULL DEFAULT 0,
+        UNIQUE (ns, id)
+    );
+    CREATE INDEX ix_instances_wake ON instances (wake_at) WHERE wake_at IS NOT NULL;
+    CREATE INDEX ix_instances_list ON instances (ns, created_at, pk);
+    CREATE INDEX ix_instances_purge ON instances (purge_at) WHERE purge_at IS NOT NULL;
+    CREATE TABLE steps (
+        instance_pk BIGINT NOT NULL,
+        seq INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        name TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        start_at BIGINT NOT NULL,
+        end_at BIGINT,
+        output TEXT,
+        error_name TEXT,
+        error_message TEXT,
+        wake_at BIGINT,
+        event_type TEXT,
+        config TEXT,
+        attempts TEXT NOT NULL,
+        PRIMARY KEY (instance_pk, seq)
+    );
+    CREATE TABLE events (
+        pk BIGSERIAL PRIMARY KEY,
+        instance_pk BIGINT NOT NULL,
+        type TEXT NOT NULL,
+        payload TEXT,
+        received_at BIGINT NOT NULL,
+        consumed_seq INTEGER
+    );
+    CREATE INDEX ix_events_pending ON events (instance_pk, type, pk) WHERE consumed_seq IS NULL;
+    CREATE INDEX ix_events_instance ON events (instance_pk, consumed_seq);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def check_schema_name(schema: str) -> str:
+    """Accept a plain lower-case identifier only, so it never needs quoting in SQL or search_path."""
+    if not isinstance(schema, str) or _SCHEMA_NAME.fullmatch(schema) is None:
+        raise ValueError(
+            f"PostgreSQL schema name {schema!r} is invalid: use 1 to 63 lower-case letters, digits "
+            "and '_', not starting with a digit"
+        )
+    return schema
+
+
+async def migrate(conn: Any, schema: str) -> int:
+    """Create ``schema`` if needed and apply the pending migrations; returns the version reached."""
+    async with conn.transaction():
+        # Held until COMMIT; keyed by schema so unrelated schemas migrate independently.
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"tenantflow:migrate:{schema}"
+        )
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        await conn.execute(f"SET LOCAL search_path TO {schema}")
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (component TEXT NOT NULL, version INTEGER NOT NULL, "
+            "applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (component, version))"
+        )
+        current: int = await conn.fetchval(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version WHERE component = $1", COMPONENT
+        )
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"PostgreSQL schema {schema!r} has engine schema version {current}, newer than this "
+                f"tenantflow ({SCHEMA_VERSION}); upgrade tenantflow"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            await conn.execute(MIGRATIONS[version - 1])
+            await conn.execute(
+                "INSERT INTO schema_version (component, version) VALUES ($1, $2)", COMPONENT, version
+            )
+    return SCHEMA_VERSION
