@@ -1,0 +1,153 @@
+"""``/metrics`` in the Prometheus text format, and instance counts by status.
+
+Design note. The platform exposes cache and executor counters in memory (``Platform.metrics()``),
+but has no query for instance counts or committed steps. Until it does, this module reads them
+from the embedded engine database through a separate read-only SQLite connection (``mode=ro``, so
+it can never write or take a write lock); with another engine store these series are omitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .._platform import Platform
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_STATUSES = ("queued", "running", "paused", "errored", "terminated", "complete", "waiting", "waitingForPause")
+
+
+class HttpMetrics:
+    """Request counts and a latency histogram per (method, route, status)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str, int], list[float]] = defaultdict(
+            lambda: [0.0] * (len(BUCKETS) + 2)
+        )
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        with self._lock:
+            cells = self._counts[(method, route, status)]
+            for index, bound in enumerate(BUCKETS):
+                if seconds <= bound:
+                    cells[index] += 1
+            cells[-2] += 1  # count (the +Inf bucket)
+            cells[-1] += seconds
+
+    def render(self) -> list[str]:
+        lines = [
+            "# HELP tenantflow_http_request_duration_seconds API request latency.",
+            "# TYPE tenantflow_http_request_duration_seconds histogram",
+        ]
+        with self._lock:
+            items = sorted(self._counts.items())
+            for (method, route, status), cells in items:
+                labels = f'method="{method}",route="{_escape(route)}",status="{status}"'
+                for index, bound in enumerate(BUCKETS):
+                    lines.append(
+                        f'tenantflow_http_request_duration_seconds_bucket{{{labels},le="{bound}"}} {cells[index]:g}'
+                    )
+                lines.append(
+                    f'tenantflow_http_request_duration_seconds_bucket{{{labels},le="+Inf"}} {cells[-2]:g}'
+                )
+                lines.append(f"tenantflow_http_request_duration_seconds_count{{{labels}}} {cells[-2]:g}")
+                lines.append(f"tenantflow_http_request_duration_seconds_sum{{{labels}}} {cells[-1]:.6f}")
+        return lines
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _engine_db(platform: Platform) -> Path | None:
+    path = Path(platform.data_dir) / "engine.db"
+    return path if path.exists() else None
+
+
+def _query(path: Path, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=2)
+    try:
+        return list(db.execute(sql, args).fetchall())
+    except sqlite3.Error:
+        return []
+    finally:
+        db.close()
+
+
+async def instance_counts(
+    platform: Platform, tenant: str | None = None, workflow: str | None = None
+) -> dict[str, int]:
+    """Instances by status (for an already authorized tenant and workflow, or all of them)."""
+    path = _engine_db(platform)
+    if path is None:
+        return {}
+    sql, args = "SELECT status, COUNT(*) FROM instances", ()
+    where: list[str] = []
+    params: list[Any] = []
+    if tenant is not None:
+        where.append("ns = ?")
+        params.append(tenant)
+    if workflow is not None:
+        where.append("workflow = ?")
+        params.append(workflow)
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    args = tuple(params)
+    rows = await asyncio.to_thread(_query, path, sql + " GROUP BY status", args)
+    return {str(status): int(count) for status, count in rows}
+
+
+async def steps_committed(platform: Platform) -> int | None:
+    path = _engine_db(platform)
+    if path is None:
+        return None
+    rows = await asyncio.to_thread(
+        _query, path, "SELECT COUNT(*) FROM steps WHERE type = 'step' AND state = 'complete'", ()
+    )
+    return int(rows[0][0]) if rows else None
+
+
+async def render(platform: Platform, http: HttpMetrics) -> str:
+    data = platform.metrics()
+    cache = data["cache"]
+    executor = platform.executor
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, value: float, labels: str = "") -> None:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        lines.append(f"{name}{labels} {value:g}")
+
+    metric("tenantflow_dispatch_duration_seconds_sum", "counter",
+           "Total time spent dispatching wake-ups into tenant sandboxes.",
+           float(getattr(executor, "dispatch_seconds", 0.0)))  # fmt: skip
+    metric("tenantflow_dispatch_duration_seconds_count", "counter", "Wake-ups dispatched into tenant sandboxes.",
+           data["invocations"])  # fmt: skip
+    metric(
+        "tenantflow_runs_started_total", "counter", "Instance runs the engine started.", data["runs_started"]
+    )
+    metric("tenantflow_cold_starts_total", "counter", "Sandboxes loaded (cold starts).", cache["cold_starts"])
+    metric("tenantflow_cold_start_seconds_total", "counter", "Time spent loading sandboxes.",
+           cache["cold_start_seconds"])  # fmt: skip
+    metric("tenantflow_cache_hits_total", "counter", "Invocations served by a warm sandbox.", cache["hits"])
+    metric("tenantflow_cache_misses_total", "counter", "Invocations that loaded a sandbox.", cache["misses"])
+    metric("tenantflow_cache_evictions_total", "counter", "Warm cache entries evicted.", cache["evictions"])
+    metric("tenantflow_cache_entries", "gauge", "Warm cache entries (tenant versions).", cache["entries"])
+    metric("tenantflow_cache_sandboxes", "gauge", "Sandboxes held by the warm cache.", cache["sandboxes"])
+    committed = await steps_committed(platform)
+    if committed is not None:
+        metric(
+            "tenantflow_steps_committed_total", "counter", "Step results committed to the journal.", committed
+        )
+    counts = await instance_counts(platform)
+    lines.append("# HELP tenantflow_instances Instances by status.")
+    lines.append("# TYPE tenantflow_instances gauge")
+    for status in _STATUSES:
+        lines.append(f'tenantflow_instances{{status="{status}"}} {counts.get(status, 0)}')
+    lines.extend(http.render())
+    return "\n".join(lines) + "\n"
