@@ -84,22 +84,24 @@ def resolve_host(host: str, port: int) -> list[IPAddress]:
 
 def address_problem(ip: IPAddress) -> str | None:
     """Why ``ip`` may not be fetched without an explicit allowlist entry, or None if it is public."""
-    candidates: list[IPAddress] = [ip]
+    candidates: list[IPAddress] = []
     if isinstance(ip, ipaddress.IPv6Address):
+        # An IPv4 address embedded in an IPv6 one says most about where the packet goes.
         if ip.ipv4_mapped is not None:
             candidates.append(ip.ipv4_mapped)
         if ip.sixtofour is not None:
             candidates.append(ip.sixtofour)
         if ip in _NAT64:
             candidates.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    candidates.append(ip)
     for candidate in candidates:
         for test, label in (
             ("is_loopback", "a loopback address"),
             ("is_unspecified", "an unspecified address"),
             ("is_link_local", "a link-local address"),
             ("is_multicast", "a multicast address"),
-            ("is_private", "a private address"),
             ("is_reserved", "a reserved address"),
+            ("is_private", "a private address"),
         ):
             if getattr(candidate, test):
                 return label
@@ -341,6 +343,10 @@ def _parse_url(url: object) -> httpx.URL:
         parsed = httpx.URL(text)
     except (httpx.InvalidURL, ValueError, TypeError) as exc:
         raise refuse("ValueError", f"env.fetch: {echo(text)} is not a valid URL ({exc})") from None
+    if parsed.scheme and parsed.scheme not in ("http", "https"):
+        raise refuse(
+            FETCH_DENIED, f"scheme {echo(parsed.scheme)} is not allowed; env.fetch speaks http and https only"
+        )
     if not parsed.is_absolute_url:
         raise refuse("ValueError", f"env.fetch: {echo(text)} must be an absolute http(s) URL")
     if parsed.userinfo:
