@@ -600,8 +600,26 @@ def limit_from_message(message: dict[str, Any]) -> LimitExceededError:
     return LimitExceededError(cast(LimitName, limit), _text(message.get("m") or message.get("message")))
 
 
+_HOST_PATHS = sorted(
+    {
+        p
+        for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, _PACKAGE_ROOT, str(Path.home()))
+        if len(p) > 1
+    },
+    key=len,
+    reverse=True,
+)
+
+
 def _text(value: Any, cap: int = 65536) -> str:
-    return value[:cap] if isinstance(value, str) else ""
+    """A string from a worker message, capped, with host paths scrubbed (defense in depth)."""
+    if not isinstance(value, str):
+        return ""
+    text: str = value[:cap]
+    for path in _HOST_PATHS:
+        if path in text:
+            text = text.replace(path, "<host>")
+    return text
 
 
 def result_from_message(message: dict[str, Any], call: _Call, worker: WorkerProcess) -> InvokeResult:

@@ -239,6 +239,10 @@ class Worker:
             return {"t": "limit", "limit": sig.limit, "m": sig.message}
         except RecursionError:
             return {"t": "limit", "limit": "recursion", "m": "maximum recursion depth exceeded"}
+        except MemoryError:
+            die_of_memory()
+        except BaseException as exc:
+            return {"t": "load_error", "m": f"{type(exc).__name__} while loading the bundle"}
         finally:
             self.current = None
             self.disarm()
@@ -250,6 +254,7 @@ class Worker:
         limits = message["limits"]
         self.output = _sdk.OutputCapture(int(limits["out"]))
         self.arm(limits)
+        tenant = None
         try:
             try:
                 tenant = self.tenant(message)
@@ -269,6 +274,10 @@ class Worker:
             outcome = {"status": "limit", "limit": sig.limit, "message": sig.message}
         except RecursionError:
             outcome = {"status": "limit", "limit": "recursion", "message": "maximum recursion depth exceeded"}
+        except MemoryError:
+            die_of_memory()
+        except BaseException as exc:  # e.g. ``raise GeneratorExit()``: the SDK only owns Exception
+            outcome = {"status": "error", "error": tenant.runtime.describe_error(exc) if tenant else {}}
         finally:
             self.current = None
             self.disarm()

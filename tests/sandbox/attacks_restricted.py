@@ -212,6 +212,8 @@ ATTACKS: list[Attack] = [
     _a("raise_systemexit", "builtins", "raise SystemExit(0)"),
     _a("raise_keyboardinterrupt", "builtins", "raise KeyboardInterrupt()"),
     _a("builtins_name", "builtins", "return __builtins__"),
+    _a("raise_generatorexit", "builtins", "raise GeneratorExit()"),
+    _a("raise_baseexception", "builtins", "raise BaseException('out of the boundary')"),
     # --- hostile return values ----------------------------------------------------------------------
     _a(
         "dict_subclass_items_hang",
