@@ -103,13 +103,13 @@ async def get_tenant(request: Request) -> JSONResponse:
 async def update_tenant(request: Request) -> JSONResponse:
     principal = await authenticate(request)
     platform, tenant_id = platform_of(request), _p(request, "tenant")
+    tenant_visible(principal, tenant_id)
+    if not principal.is_operator:
+        raise PermissionDeniedError("this operation needs an operator token")
     body = await read_object(request)
     unknown = set(body) - {"status", "policy"}
     if unknown:
         raise bad_request("body", f"unknown fields {sorted(unknown)}; allowed: status, policy")
-    if not principal.is_operator:
-        tenant_visible(principal, tenant_id)
-        raise PermissionDeniedError("this operation needs an operator token")
     tenant = await platform.get_tenant(principal, tenant_id)
     if "policy" in body:
         if not isinstance(body["policy"], Mapping):
