@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -78,6 +79,10 @@ class PoolConfig:
     """Seconds a new worker may take to become ready."""
     worker_stderr: bool = False
     """Let workers write to the parent's stderr (debugging); by default it is discarded."""
+    worker_user: str | int | None = None
+    """Run workers as this user (and its primary group, no supplementary groups). Recommended when
+    the platform runs as root: an escape from RestrictedPython then lands in an unprivileged
+    process. The Python installation and this package must be readable by that user."""
 
     def __post_init__(self) -> None:
         for name in ("size", "max_queue", "recycle_after", "lru_size", "memory_ceiling", "cpu_ceiling"):
@@ -88,6 +93,13 @@ class PoolConfig:
             raise ValueError("PoolConfig.cpu_ceiling must be at least 2 seconds")
         if not self.start_timeout > 0:
             raise ValueError("PoolConfig.start_timeout must be positive")
+
+
+def _identity(user: str | int | None) -> dict[str, Any]:
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user) if isinstance(user, str) else pwd.getpwuid(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 def limits_frame(limits: Limits) -> dict[str, Any]:
@@ -180,6 +192,7 @@ class WorkerProcess:
             cwd="/",
             close_fds=True,
             start_new_session=True,
+            **_identity(config.worker_user),
         )
         self.pid = self.proc.pid
         assert self.proc.stdin is not None and self.proc.stdout is not None

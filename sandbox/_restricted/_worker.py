@@ -3,8 +3,9 @@
 Started by ``_pool.py`` with ``python -s -P -B -c`` (a fresh interpreter, never a fork of the
 threaded parent), an environment holding only ``PYTHONHASHSEED=0`` (the SDK's replay guarantee
 needs a fixed str hash seed; it is removed from ``os.environ`` at startup), its own session and
-process group, and the IPC pipe on stdin/stdout. At startup it sets ``RLIMIT_CORE`` 0,
-``RLIMIT_FSIZE`` 0, a small ``RLIMIT_NOFILE`` and hard ceilings for ``RLIMIT_AS`` and
+process group, and the IPC pipe on stdin/stdout. At startup it sets ``PR_SET_NO_NEW_PRIVS``,
+``PR_SET_DUMPABLE`` 0, ``RLIMIT_CORE`` 0, ``RLIMIT_FSIZE`` 0, ``RLIMIT_NPROC`` 0, a small
+``RLIMIT_NOFILE`` and hard ceilings for ``RLIMIT_AS`` and
 ``RLIMIT_CPU``; per invocation it lowers the soft limits to the sandbox's ``Limits`` and arms
 ``ITIMER_PROF`` with the CPU budget (``SIGPROF`` keeps its default action: the kernel ends the
 process when the budget is spent, and nothing in Python can catch it). A ``MemoryError`` anywhere
@@ -323,11 +324,26 @@ def _set_limit(which: int, soft: int, hard: int) -> None:
         resource.setrlimit(which, (soft, hard))
 
 
+def _harden_process() -> None:
+    """No new privileges (setuid binaries) and not dumpable: a tenant that escaped into another
+    worker of the same user cannot ptrace this one or read its memory through /proc."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0
+    except (OSError, AttributeError):  # not Linux: rlimits still apply
+        pass
+
+
 def main() -> None:
     config = json.loads(sys.argv[1])
     os.environ.clear()
+    _harden_process()
     _set_limit(resource.RLIMIT_CORE, 0, 0)
     _set_limit(resource.RLIMIT_FSIZE, 0, 0)
+    _set_limit(resource.RLIMIT_NPROC, 0, 0)  # no fork/clone (ignored for root)
     read_fd, write_fd = os.dup(0), os.dup(1)
     null_fd = os.open(os.devnull, os.O_RDWR)
     os.dup2(null_fd, 0)

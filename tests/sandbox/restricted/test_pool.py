@@ -190,3 +190,43 @@ async def test_cancelled_invocation_kills_its_worker(backend: RestrictedBackend)
     await backend.wait_ready()
     ok = await backend.load(make_bundle("return 2"), limits=FAST_LIMITS)
     assert (await ok.invoke(event(), FakeHost())).output == 2
+
+
+async def test_workers_cannot_gain_privileges(shared_backend: RestrictedBackend) -> None:
+    for pid in worker_pids(shared_backend):
+        status = Path(f"/proc/{pid}/status").read_text()
+        assert "NoNewPrivs:\t1" in status
+
+
+def _world_readable(path: str) -> bool:
+    current = Path(path).resolve()
+    for part in [current, *current.parents]:
+        mode = part.stat().st_mode
+        needed = 0o001 if part.is_dir() else 0o004
+        if not mode & needed:
+            return False
+    return True
+
+
+async def test_workers_can_run_as_an_unprivileged_user() -> None:
+    import pwd
+    import sys
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch users")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no 'nobody' user")
+    root = Path(__file__).resolve().parents[3]
+    if not (_world_readable(sys.executable) and _world_readable(str(root / "sandbox" / "__init__.py"))):
+        pytest.skip("the Python installation is not readable by other users here")
+    async with RestrictedBackend(pool_size=1, worker_user="nobody") as backend:
+        await backend.wait_ready()
+        pid = worker_pids(backend)[0]
+        uid_line = next(
+            line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Uid:")
+        )
+        assert int(uid_line.split()[1]) == nobody.pw_uid
+        handle = await backend.load(make_bundle("return 1"), limits=FAST_LIMITS)
+        assert (await handle.invoke(event(), FakeHost())).output == 1
