@@ -6,6 +6,7 @@ allowlisted module is represented by a ``ModuleProxy`` that exposes only the nam
 ``ALLOWLIST`` (in the style of AccessControl's ``ModuleSecurityInfo``). Proxies are created per
 tenant load (never shared between tenants) and are read-only. Names whose value is shared mutable
 state (``hashlib.algorithms_available``, ``urllib.parse.uses_relative``, ``decimal.DefaultContext``,
+``typing.overload``'s process-wide registry,
 ``textwrap.TextWrapper``'s class-level dict) are deliberately not declared, and so are wrappers
 that call ``str.format`` on tenant text out of the guards' sight (``collections.UserString``). Per-tenant state
 (``random``, ``time``, ``uuid.uuid4``, ``tenantflow``) comes from providers given by the worker.
@@ -63,7 +64,7 @@ ALLOWLIST: dict[str, str] = {
     "enum": "Enum IntEnum StrEnum Flag IntFlag auto unique",
     "typing": "Any Optional Union List Dict Tuple Set FrozenSet Callable Iterable Iterator Sequence "
     "Mapping MutableMapping MutableSequence Generator TypedDict NamedTuple Literal TypeVar Generic "
-    "Protocol cast Final ClassVar TYPE_CHECKING Annotated NoReturn overload",
+    "Protocol cast Final ClassVar TYPE_CHECKING Annotated NoReturn",
     "__future__": "annotations",
 }
 """Module -> the only names a tenant may read from it."""
