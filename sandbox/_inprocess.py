@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextvars
 import hashlib
 import importlib
 import json
@@ -71,7 +72,8 @@ class _HostAdapter:
         if self.suspended and name in STEP_CALLS:
             return {"action": "suspend"}
         try:
-            answer = self.bridge.call(name, json.loads(payload))
+            # A clean context: the SDK's deterministic clock must not leak into host code.
+            answer = contextvars.Context().run(self.bridge.call, name, json.loads(payload))
         except HostCallError as exc:
             raise sdk.HostCallFailed(exc.type_name, exc.message) from None
         except BaseException as exc:

@@ -91,7 +91,10 @@ class LoopBridge:
         self._loop = loop
 
     def call(self, name: str, args: JSON) -> JSON:
-        return run_on_loop(self._handler(name, args), self._loop)
+        return run_on_loop(self._coro(name, args), self._loop)
+
+    async def _coro(self, name: str, args: JSON) -> JSON:
+        return await self._handler(name, args)
 
 
 def run_on_loop(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -> T:

@@ -443,17 +443,12 @@ def install_determinism(patch_datetime=True):
             def now(cls, tz=None):
                 rt = _ACTIVE.get()
                 if rt is None or rt._in_callback:
-                    return base.now.__func__(cls, tz)
+                    return cls.fromtimestamp(real_time(), tz)
                 return cls.fromtimestamp(rt._now_ms / 1000.0, tz)
 
             @classmethod
             def utcnow(cls):
-                rt = _ACTIVE.get()
-                if rt is None or rt._in_callback:
-                    return cls.now(_datetime_module.timezone.utc).replace(tzinfo=None)
-                return cls.fromtimestamp(rt._now_ms / 1000.0, _datetime_module.timezone.utc).replace(
-                    tzinfo=None
-                )
+                return cls.now(_datetime_module.timezone.utc).replace(tzinfo=None)
 
             @classmethod
             def today(cls):

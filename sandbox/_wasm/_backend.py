@@ -17,8 +17,8 @@ import contextlib
 import hashlib
 import json
 import threading
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,11 @@ from .._protocol import Bundle
 from . import _build
 from ._ffi import HostFunction, HostHandler, call_export
 from ._sandbox import Invocation, WasmSandbox, translate_trap
+from ._threads import GuestThreads
 from ._ticker import EpochTicker
 
 _DERIVED_PREFIX = b"tenantflow-wasm:"
+_SPARE_MIN_MEMORY = 48 * 1024 * 1024
 _CONFIG_DESCRIPTION = "epoch_interruption=1;memory_init_cow=1"
 _PREPARE_LIMITS = DEFAULT_LIMITS.override(memory_bytes=256 * 1024 * 1024, cpu_seconds=20.0, wall_seconds=30.0)
 
@@ -82,10 +84,18 @@ class WasmBackend:
 
     name = "wasm"
 
-    def __init__(self, *, cache_dir: str | Path | None = None, max_threads: int = 8) -> None:
+    def __init__(
+        self, *, cache_dir: str | Path | None = None, max_threads: int = 8, spare_instances: int = 2
+    ) -> None:
+        """``cache_dir`` overrides ``$TENANTFLOW_CACHE_DIR``; ``max_threads`` bounds guest threads;
+        ``spare_instances`` runner instances are kept instantiated ahead of ``load`` (0: none)."""
         self._cache_dir = Path(cache_dir) / "wasm" if cache_dir is not None else None
-        self.executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="tenantflow-wasm")
-        self._local = threading.local()
+        self.threads = GuestThreads(max_threads)
+        self.local = threading.local()
+        self._spare_target = spare_instances
+        self._spares: deque[tuple[Store, Any]] = deque()
+        self._spare_lock = threading.Lock()
+        self._refilling = False
         self._runtime: _Runtime | None = None
         self._init_lock = threading.Lock()
         self._ticker: EpochTicker | None = None
@@ -119,12 +129,12 @@ class WasmBackend:
             return self._runtime
 
     def _current_handler(self) -> Any:
-        return getattr(self._local, "handler", None)
+        return getattr(self.local, "handler", None)
 
     @contextlib.contextmanager
     def serving(self, handler: HostHandler) -> Iterator[None]:
         """Route host calls made on this thread to ``handler`` while the guest runs."""
-        local = self._local
+        local = self.local
         previous = getattr(local, "handler", None)
         local.handler = handler
         try:
@@ -132,7 +142,7 @@ class WasmBackend:
         finally:
             local.handler = previous
 
-    def _new_store(self, limits: Limits) -> tuple[Store, Any]:
+    def _instantiate(self, limits: Limits) -> tuple[Store, Any]:
         runtime = self._rt()
         store = Store(runtime.engine)
         store.set_wasi(WasiConfig())  # nothing granted: no preopens, env, args, network, stdio
@@ -149,6 +159,48 @@ class WasmBackend:
             raise SandboxCrashError("could not instantiate the wasm runner") from exc
         return store, instance
 
+    def _new_store(self, limits: Limits) -> tuple[Store, Any]:
+        """A fresh runner instance: a spare one when available (then refilled in the background)."""
+        spare = None
+        # Small caps go the slow way so that a cap below the runner's baseline fails cleanly.
+        if self._spare_target and limits.memory_bytes >= _SPARE_MIN_MEMORY:
+            with self._spare_lock:
+                if self._spares:
+                    spare = self._spares.popleft()
+                if not self._refilling and not self._closed:
+                    self._refilling = True
+                    self.threads.submit_background(self._refill)
+        if spare is None:
+            return self._instantiate(limits)
+        store, instance = spare
+        try:
+            store.set_limits(memory_size=limits.memory_bytes)
+        except WasmtimeError:
+            store.close()
+            return self._instantiate(limits)
+        return store, instance
+
+    def _refill(self) -> None:
+        """Keep ``spare_instances`` instantiated, already-entered runners ready for ``load``."""
+        try:
+            while not self._closed:
+                with self._spare_lock:
+                    if len(self._spares) >= self._spare_target:
+                        return
+                store, instance = self._instantiate(DEFAULT_LIMITS)
+                # Enter the guest once (a no-op call): the first entry into a fresh instance costs
+                # ~0.4 ms of page faults that a cold start should not pay.
+                func = instance.get_func(store, self._rt().exports["invoke"])
+                with self.serving(_refusing_handler):
+                    call_export(store, func, "{}")
+                with self._spare_lock:
+                    self._spares.append((store, instance))
+        except (WasmtimeError, SandboxError):
+            return
+        finally:
+            with self._spare_lock:
+                self._refilling = False
+
     def release(self, store: Any) -> None:
         store.close()
 
@@ -156,12 +208,11 @@ class WasmBackend:
 
     async def prepare(self, bundle: Bundle) -> bytes:
         request = _bundle_request(bundle)
-        loop = asyncio.get_running_loop()
-        payload = await loop.run_in_executor(self.executor, self._prepare_sync, request)
+        payload = await self.threads.submit(asyncio.get_running_loop(), self._prepare_sync, request)
         return _DERIVED_PREFIX + self.version.encode() + b"\n" + payload.encode("ascii")
 
     def _prepare_sync(self, request: str) -> str:
-        store, instance = self._new_store(_PREPARE_LIMITS)
+        store, instance = self._instantiate(_PREPARE_LIMITS)
         inv = Invocation(None, _PREPARE_LIMITS)
         try:
             func = instance.get_func(store, self._rt().exports["compile"])
@@ -182,7 +233,7 @@ class WasmBackend:
             payload = self._derived_payload(await self.prepare(bundle))
             assert payload is not None
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self._load_sync, bundle.digest, payload, limits)
+        return await self.threads.submit(loop, self._load_sync, bundle.digest, payload, limits)
 
     def _derived_payload(self, derived: bytes | None) -> str | None:
         """The runner payload of a derived form made by this runner version, else None (recompile)."""
@@ -198,6 +249,7 @@ class WasmBackend:
         store, instance = self._new_store(limits)
         options = json.dumps({"result_bytes": limits.result_bytes, "output_bytes": limits.output_bytes})
         inv = Invocation(None, limits)
+        store.set_epoch_deadline(inv.deadline_ticks())  # importing tenant code is guest CPU too
         try:
             load = instance.get_func(store, runtime.exports["load"])
             invoke = instance.get_func(store, runtime.exports["invoke"])
@@ -223,7 +275,11 @@ class WasmBackend:
             ticker, self._ticker = self._ticker, None
         if ticker is not None:
             await asyncio.to_thread(ticker.stop)
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        with self._spare_lock:
+            spares, self._spares = list(self._spares), deque()
+        for store, _instance in spares:
+            store.close()
+        self.threads.close()
 
     async def __aenter__(self) -> WasmBackend:
         return self

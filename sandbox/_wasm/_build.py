@@ -153,5 +153,8 @@ def _componentize(out: Path, work: Path) -> None:
     env = {key: value for key, value in os.environ.items() if key not in ("VIRTUAL_ENV", "PYTHONPATH")}
     result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0 or not out.exists():
-        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-20:])
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        # componentize-py appends a long native backtrace; keep the message above it.
+        cut = next((i for i, line in enumerate(lines) if line.startswith("Stack backtrace")), len(lines))
+        tail = "\n".join(lines[:cut][-20:])
         raise RuntimeError(f"building the wasm runner with componentize-py failed:\n{tail}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -139,6 +140,8 @@ class WasmSandbox:
         self._lock = asyncio.Lock()
         self._dead_reason = ""
         self._abandoned = False
+        self._running = False
+        self._state_lock = threading.Lock()
 
     def __repr__(self) -> str:
         state = "alive" if self.alive else "dead"
@@ -158,34 +161,54 @@ class WasmSandbox:
                 raise SandboxClosedError(f"this sandbox was discarded ({self._dead_reason or 'closed'})")
             loop = asyncio.get_running_loop()
             inv = Invocation(bridge, self._limits)
-            future = loop.run_in_executor(self._backend.executor, self._invoke_sync, event_json, inv)
+            future = self._backend.threads.submit(loop, self._invoke_sync, event_json, inv)
+            # The epoch deadline stops a running guest; this backstop covers a host call that
+            # never returns. Either way the worker may still be inside the guest: abandon it.
+            timer = loop.call_later(self._limits.wall_seconds + 1.0, future.cancel)
             try:
-                # The epoch deadline stops a running guest; this backstop covers a host call that
-                # never returns (the worker thread is abandoned and closes the Store when it can).
-                return await asyncio.wait_for(asyncio.shield(future), self._limits.wall_seconds + 1.0)
-            except TimeoutError:
-                inv.stopped = True
-                self._abandoned = True
-                self._dead_reason = "wall limit"
+                return await future
+            except asyncio.CancelledError:
+                self._abandon(inv)
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
                 raise LimitExceededError(
                     "wall", f"the invocation ran longer than {self._limits.wall_seconds} s"
                 ) from None
+            finally:
+                timer.cancel()
+
+    def _abandon(self, inv: Invocation) -> None:
+        """Give up on a running invocation; its worker closes the Store when it comes back."""
+        inv.stopped = True
+        with self._state_lock:
+            self._abandoned = True
+            self._dead_reason = "abandoned after the wall limit or a cancellation"
+            if not self._running:
+                self._discard(self._dead_reason)
 
     def _invoke_sync(self, event_json: str, inv: Invocation) -> InvokeResult:
-        store = self._store
-        if store is None:
-            raise SandboxClosedError("this sandbox was discarded")
+        with self._state_lock:
+            store = self._store
+            if store is None or self._abandoned:
+                raise SandboxClosedError("this sandbox was discarded")
+            self._running = True
+        local = self._backend.local
+        previous = getattr(local, "handler", None)
+        local.handler = inv.handle
         inv.started = time.perf_counter()
         store.set_epoch_deadline(inv.deadline_ticks())
-        with self._backend.serving(inv.handle):
-            try:
-                text = call_export(store, self._invoke, event_json)
-            except WasmtimeError as exc:
-                self._discard("trapped")
-                raise translate_trap(exc, inv) from None
-            finally:
+        try:
+            text = call_export(store, self._invoke, event_json)
+        except WasmtimeError as exc:
+            self._discard("trapped")
+            raise translate_trap(exc, inv) from None
+        finally:
+            local.handler = previous
+            with self._state_lock:
+                self._running = False
                 if self._abandoned:
-                    self._discard("wall limit")
+                    self._discard(self._dead_reason)
         guest_ms = (time.perf_counter() - inv.started - inv.host_seconds) * 1000.0
         return self._outcome(text, inv, guest_ms)
 
@@ -244,8 +267,9 @@ class WasmSandbox:
 
     async def aclose(self) -> None:
         async with self._lock:
-            if not self._abandoned:  # an abandoned worker closes the Store itself
-                self._discard("closed")
+            with self._state_lock:
+                if not self._running:  # a running (abandoned) worker closes the Store itself
+                    self._discard("closed")
 
 
 def _text(value: object, default: str) -> str:

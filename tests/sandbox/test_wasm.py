@@ -347,3 +347,21 @@ def test_runner_cache_is_not_in_the_repo() -> None:
     from sandbox._wasm import _build
 
     assert os.path.commonpath([_build.cache_dir(), _build.GUEST_DIR]) != str(_build.GUEST_DIR)
+
+
+async def test_datetime_now_is_the_journal_time_in_the_body_and_real_in_callbacks(wasm: Any) -> None:
+    sb = await wasm(
+        run_body(
+            """
+            import datetime
+            body = datetime.datetime.now(datetime.timezone.utc).timestamp()
+            inside = step.do("now", lambda: datetime.datetime.now().timestamp())
+            utc = datetime.datetime.utcnow().isoformat()
+            return [body, inside, utc, isinstance(datetime.datetime.now(), datetime.date)]
+            """
+        )
+    )
+    body, inside, utc, is_date = (await invoke(sb, FakeJournal())).output
+    assert body == 1_700_000_000.0
+    assert inside > 1.7e9 and inside != body
+    assert utc == "2023-11-14T22:13:21" and is_date
