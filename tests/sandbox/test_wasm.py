@@ -365,3 +365,67 @@ async def test_datetime_now_is_the_journal_time_in_the_body_and_real_in_callback
     assert body == 1_700_000_000.0
     assert inside > 1.7e9 and inside != body
     assert utc == "2023-11-14T22:13:21" and is_date
+
+
+async def test_a_hung_host_call_hits_the_wall_backstop(wasm: Any, warm_other: Any) -> None:
+    class Hung(FakeJournal):
+        def call(self, name: str, args: Any) -> Any:
+            time.sleep(1.5)
+            return super().call(name, args)
+
+    sb = await wasm(run_body("return step.do('a', lambda: 1)"), wall_seconds=0.2)
+    started = time.monotonic()
+    with pytest.raises(LimitExceededError) as info:
+        await invoke(sb, Hung())
+    assert info.value.limit == "wall"
+    assert time.monotonic() - started < 1.45  # the backstop did not wait for the bridge
+    assert not sb.alive
+    await warm_other()
+    await asyncio.sleep(0.3)  # the worker comes back, unwinds the guest and closes the Store
+
+
+async def test_cancelling_an_invocation_abandons_the_sandbox(wasm: Any) -> None:
+    sb = await wasm(
+        run_body("import time\nt = time.monotonic()\nwhile time.monotonic() - t < 0.3:\n    pass\nreturn 1")
+    )
+    task = asyncio.create_task(invoke(sb, FakeJournal()))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not sb.alive
+    await asyncio.sleep(0.4)
+    await sb.aclose()
+
+
+async def test_without_spare_instances(tmp_path: Any) -> None:
+    from sandbox._wasm import WasmBackend
+
+    backend = WasmBackend(spare_instances=0)
+    try:
+        sb = await backend.load(run_body("return 'no spares'"), limits=Limits())
+        assert (await invoke(sb, FakeJournal())).output == "no spares"
+        await sb.aclose()
+    finally:
+        await backend.aclose()
+        await backend.aclose()
+
+
+def _pss_kib() -> int:
+    with open("/proc/self/smaps_rollup") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("Pss:"))
+
+
+async def test_sandboxes_share_the_runner_image(wasm_backend: Any) -> None:
+    """Guards copy-on-write: a change to the runner that broke it would cost ~27 MiB per sandbox."""
+    b = run_body("return 1")
+    derived = await wasm_backend.prepare(b)
+    first = await wasm_backend.load(b, limits=Limits(), derived=derived)
+    before = _pss_kib()
+    boxes = [await wasm_backend.load(b, limits=Limits(), derived=derived) for _ in range(20)]
+    for sb in boxes:
+        await invoke(sb, FakeJournal())
+    per_sandbox_mib = (_pss_kib() - before) / 20 / 1024
+    for sb in [first, *boxes]:
+        await sb.aclose()
+    assert per_sandbox_mib < 6, per_sandbox_mib
