@@ -18,6 +18,7 @@ from .._limits import DEFAULT_LIMITS, Limits
 from .._protocol import JSON, Bundle, HostBridge, InvokeResult
 from ._compile import BACKEND_VERSION, compile_bundle, read_header
 from ._pool import (
+    NotDeliveredError,
     PoolConfig,
     WorkerPool,
     WorkerProcess,
@@ -61,6 +62,16 @@ class RestrictedSandbox:
             raise
 
     async def _invoke(self, event: JSON, bridge: HostBridge) -> InvokeResult:
+        for _attempt in range(3):
+            try:
+                return await self._invoke_once(event, bridge)
+            except NotDeliveredError:
+                continue  # the worker died before anything reached the host: try another one
+        raise SandboxCrashError(
+            "sandbox workers keep dying while running this invocation; they have been replaced"
+        )
+
+    async def _invoke_once(self, event: JSON, bridge: HostBridge) -> InvokeResult:
         pool = self._pool
         worker = await pool.acquire(self._digest)
         try:
@@ -127,6 +138,17 @@ class RestrictedBackend:
             if header.get("digest") != bundle.digest:
                 raise LoadError("the derived form belongs to another bundle; prepare the bundle again")
         code = base64.b64encode(derived).decode("ascii")
+        for _attempt in range(3):
+            try:
+                await self._load_once(bundle, code, limits)
+                break
+            except NotDeliveredError:
+                continue
+        else:
+            raise SandboxCrashError("sandbox workers keep dying before they can load the bundle")
+        return RestrictedSandbox(self._pool, bundle.digest, code, limits)
+
+    async def _load_once(self, bundle: Bundle, code: str, limits: Limits) -> None:
         worker = await self._pool.acquire(bundle.digest)
         try:
             message = {"t": "load", "d": bundle.digest, "code": code, "limits": limits_frame(limits)}
@@ -141,7 +163,6 @@ class RestrictedBackend:
             self._pool.mark_warm(worker, bundle.digest)
         finally:
             self._pool.release(worker)
-        return RestrictedSandbox(self._pool, bundle.digest, code, limits)
 
     async def aclose(self) -> None:
         await self._pool.aclose()

@@ -48,6 +48,7 @@ from ._policy import EXIT_MEMORY
 
 _LIMIT_NAMES = frozenset({"cpu", "memory", "output", "result_size", "host_calls", "wall", "recursion"})
 _IDLE_FRAME_CAP = 1 << 20
+_AFFINITY_WINDOW = 8
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 _BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
@@ -57,6 +58,10 @@ _BOOT = (
 
 class PoolBusyError(SandboxError):
     """Every worker is busy and the waiting queue is full; retry later or grow the pool."""
+
+
+class NotDeliveredError(SandboxCrashError):
+    """The worker died before a request reached it (safe to retry on another worker)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,18 +338,24 @@ class WorkerProcess:
         loop = self.pool.loop
         call = _Call(loop, limits, bridge)
         self._call = call
-        call.timer = loop.call_later(limits.wall_seconds, self._wall_expired, call)
         try:
             if len(frame) > 65536:
                 await asyncio.to_thread(self._write, frame)
             else:
                 self._write(frame)
+        except OSError:
+            self._call = None
+            self.kill()
+            raise NotDeliveredError("the sandbox worker was gone before the request reached it") from None
+        except asyncio.CancelledError:
+            self.kill("cancelled")
+            raise
+        call.timer = loop.call_later(limits.wall_seconds, self._wall_expired, call)
+        try:
             outcome = await call.future
         except asyncio.CancelledError:
             self.kill("cancelled")
             raise
-        except OSError:
-            outcome = None
         finally:
             call.timer.cancel()
         if call.error is not None:
@@ -389,6 +400,10 @@ class WorkerProcess:
                 call.limit = LimitExceededError(
                     "cpu", f"the invocation used more than {call.limits.cpu_seconds} s of CPU time"
                 )
+            elif call.host_calls == 0 and self._killed_for is None:
+                # Nothing of the invocation reached the host: running it again elsewhere is safe
+                # (a worker killed from outside, the OOM killer, a crash while still idle).
+                call.error = NotDeliveredError(f"the sandbox worker {_describe_exit(code)} before answering")
             else:
                 call.error = SandboxCrashError(
                     f"the sandbox worker {_describe_exit(code)}; it has been replaced"
@@ -517,6 +532,7 @@ class WorkerPool:
 
     async def acquire(self, digest: str) -> WorkerProcess:
         self._ensure_started()
+        self._idle = [w for w in self._idle if not w.dead]
         for index in range(len(self._idle) - 1, -1, -1):
             if digest in self._idle[index].warm:
                 return self._idle.pop(index)
@@ -558,7 +574,9 @@ class WorkerPool:
 
     def _make_idle(self, worker: WorkerProcess) -> None:
         while self._waiters:
-            chosen = next((w for w in self._waiters if w[0] in worker.warm), None) or self._waiters[0]
+            # Affinity among the oldest few waiters only, so that no waiter starves.
+            head = itertools.islice(self._waiters, _AFFINITY_WINDOW)
+            chosen = next((w for w in head if w[0] in worker.warm), None) or self._waiters[0]
             self._waiters.remove(chosen)
             if not chosen[1].done():
                 chosen[1].set_result(worker)

@@ -230,3 +230,11 @@ async def test_workers_can_run_as_an_unprivileged_user() -> None:
         assert int(uid_line.split()[1]) == nobody.pw_uid
         handle = await backend.load(make_bundle("return 1"), limits=FAST_LIMITS)
         assert (await handle.invoke(event(), FakeHost())).output == 1
+
+
+async def test_workers_dying_while_idle_never_fail_an_invocation(backend: RestrictedBackend) -> None:
+    handle = await backend.load(make_bundle("return 'served'"), limits=FAST_LIMITS)
+    for _ in range(3):
+        for pid in worker_pids(backend):
+            os.kill(pid, signal.SIGKILL)
+        assert (await handle.invoke(event(), FakeHost())).output == "served"
