@@ -194,6 +194,9 @@ class WasmBackend:
                 with self.serving(_refusing_handler):
                     call_export(store, func, "{}")
                 with self._spare_lock:
+                    if self._closed:
+                        store.close()
+                        return
                     self._spares.append((store, instance))
         except (WasmtimeError, SandboxError):
             return

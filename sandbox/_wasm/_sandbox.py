@@ -105,7 +105,10 @@ class Invocation:
                 return False, "ERuntimeError\nsteps and bindings are not available while the bundle loads"
             if self.suspended and name in STEP_CALLS:
                 return True, _SUSPEND
-            args = _loads(payload)
+            try:
+                args = _loads(payload)
+            except (ValueError, RecursionError):
+                return False, "EValueError\nmalformed host call arguments"
             begin = time.perf_counter()
             try:
                 answer = self.bridge.call(name, args)
@@ -221,7 +224,7 @@ class WasmSandbox:
         try:
             outcome = _loads(text)
             status = outcome["status"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             self._discard("malformed outcome")
             raise SandboxCrashError("the runner returned a malformed outcome") from None
         stdout = outcome.get("stdout")

@@ -429,3 +429,50 @@ async def test_sandboxes_share_the_runner_image(wasm_backend: Any) -> None:
     for sb in [first, *boxes]:
         await sb.aclose()
     assert per_sandbox_mib < 6, per_sandbox_mib
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        "'[' * 100000 + ']' * 100000",
+        "'not json'",
+        '\'{"status": "suspended", "stdout": ""}\'',
+        '\'{"status": "ok", "output": "\' + \'x\' * (2 * 1024 * 1024) + \'"}\'',
+        '\'{"status": "limit", "limit": "cpu"}\'',
+    ],
+    ids=["deep", "garbage", "fake-suspension", "huge-output", "unknown-limit"],
+)
+async def test_a_forged_outcome_never_becomes_a_host_error(wasm: Any, warm_other: Any, forged: str) -> None:
+    """The guest can rewrite its own runner; the host treats whatever comes back as hostile data."""
+    sb = await wasm(
+        run_body(
+            f"""
+            import _tenantflow_runner as runner
+            runner.WitWorld.invoke = lambda self, event: {forged}
+            return 1
+            """
+        )
+    )
+    assert (await invoke(sb, FakeJournal())).output == 1  # the next invocation is forged
+    with pytest.raises(sandbox.SandboxError):
+        await invoke(sb, FakeJournal())
+    await warm_other()
+
+
+async def test_forged_host_call_arguments_are_refused(wasm: Any) -> None:
+    sb = await wasm(
+        run_body(
+            """
+            import wit_world.imports.host as host
+            out = []
+            for args in ["not json", "[" * 100000 + "]" * 100000]:
+                try:
+                    host.call("step.do", args)
+                except Exception as exc:
+                    out.append(str(exc.value))
+            return out
+            """
+        )
+    )
+    out = (await invoke(sb, FakeJournal())).output
+    assert out == ["EValueError\nmalformed host call arguments"] * 2
