@@ -13,7 +13,7 @@ import asyncio
 import base64
 from typing import Any
 
-from .._errors import LimitExceededError, LoadError, SandboxClosedError, SandboxCrashError
+from .._errors import LimitExceededError, SandboxClosedError, SandboxCrashError
 from .._limits import DEFAULT_LIMITS, Limits
 from .._protocol import JSON, Bundle, HostBridge, InvokeResult
 from ._compile import BACKEND_VERSION, compile_bundle, read_header
@@ -128,15 +128,15 @@ class RestrictedBackend:
     async def load(
         self, bundle: Bundle, *, limits: Limits = DEFAULT_LIMITS, derived: bytes | None = None
     ) -> RestrictedSandbox:
+        if derived is not None:
+            try:
+                usable = read_header(derived).get("digest") == bundle.digest
+            except ValueError:
+                usable = False
+            if not usable:
+                derived = None  # another backend version or another bundle: recompile, never trust
         if derived is None:
             derived = await self.prepare(bundle)
-        else:
-            try:
-                header = read_header(derived)
-            except ValueError as exc:
-                raise LoadError(f"unusable derived form: {exc}; prepare the bundle again") from None
-            if header.get("digest") != bundle.digest:
-                raise LoadError("the derived form belongs to another bundle; prepare the bundle again")
         code = base64.b64encode(derived).decode("ascii")
         for _attempt in range(3):
             try:

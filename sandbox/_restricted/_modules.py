@@ -191,10 +191,10 @@ class Importer:
         fromlist: Any = (),
         level: int = 0,
     ) -> Any:
-        if level != 0:
-            raise ImportError("relative imports are not supported in the sandbox; import modules by name")
-        if not isinstance(name, str):
+        if not isinstance(name, str) or not isinstance(level, int):
             raise ImportError("module names must be strings")
+        if level:
+            return self._relative(name, globals, fromlist, level)
         target = self._resolve(name)
         if target is None:
             allowed = ", ".join(available_modules(self._providers))
@@ -202,8 +202,35 @@ class Importer:
                 f"module {name!r} is not available in the sandbox; "
                 f"use a module of your bundle or one of: {allowed}"
             )
-        if fromlist or "." not in name:
+        if fromlist:
+            self._submodules(name, target, fromlist)
+            return target
+        if "." not in name:
             return target
         top = self._resolve(name.split(".", 1)[0])
-        assert top is not None  # a dotted allowlisted name always has an allowlisted parent
+        assert top is not None  # a dotted name that resolved always has a resolvable parent
         return top
+
+    def _relative(self, name: str, globals: Any, fromlist: Any, level: int) -> Any:
+        """``from . import x`` / ``from .m import x`` inside the bundle's own packages."""
+        package = globals.get("__package__") if isinstance(globals, dict) else None
+        if not isinstance(package, str) or not package:
+            raise ImportError("attempted relative import with no known parent package")
+        parts = package.split(".")
+        if level - 1 >= len(parts):
+            raise ImportError("attempted relative import beyond the bundle's top-level package")
+        base = ".".join(parts[: len(parts) - (level - 1)])
+        full = f"{base}.{name}" if name else base
+        target = self._load_tenant_module(full)
+        if target is None:
+            raise ImportError(f"no module named {full!r} in the bundle")
+        self._submodules(full, target, fromlist)
+        return target
+
+    def _submodules(self, name: str, target: ModuleProxy, fromlist: Any) -> None:
+        """Load bundle submodules named in ``from package import submodule``."""
+        if not isinstance(target, TenantModule):
+            return
+        for item in fromlist or ():
+            if isinstance(item, str) and item != "*":
+                self._load_tenant_module(f"{name}.{item}")

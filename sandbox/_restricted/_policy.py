@@ -340,6 +340,16 @@ _REMOVED_BUILTINS = frozenset(
         "memoryview",
     }
 )
+_EXCEPTIONS = sorted(
+    name
+    for name, value in vars(builtins).items()
+    if isinstance(value, type)
+    and issubclass(value, Exception)
+    and not issubclass(value, BaseExceptionGroup)
+    and not name.startswith("_")
+)
+"""Every built-in ``Exception`` class (host errors arrive as them), no exception groups."""
+
 _EXTRA_BUILTINS = (
     "list",
     "dict",
@@ -379,7 +389,7 @@ _EXTRA_BUILTINS = (
 def make_builtins(import_hook: Callable[..., Any]) -> dict[str, Any]:
     """A fresh builtins dict for one tenant (never the shared ``safe_builtins``)."""
     result = {name: value for name, value in safe_builtins.items() if name not in _REMOVED_BUILTINS}
-    for name in _EXTRA_BUILTINS:
+    for name in (*_EXTRA_BUILTINS, *_EXCEPTIONS):
         result[name] = getattr(builtins, name)
     result.update(
         {

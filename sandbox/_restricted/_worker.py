@@ -123,6 +123,8 @@ class Tenant:
         internal_name = f"{TENANT_MODULE_PREFIX}{name}"
         sys.modules.setdefault(internal_name, _STANDIN)
         namespace = make_globals(internal_name, self.builtins, self._print_factory, self._guard, self._owner)
+        is_package = spec[0] == "__init__.py" or spec[0].endswith("/__init__.py")
+        namespace["__package__"] = name if is_package else name.rpartition(".")[0]
         module = TenantModule(name, namespace)
         self.modules[name] = module
         if "." in name:

@@ -172,11 +172,12 @@ async def test_derived_form_is_checked(shared_backend: RestrictedBackend) -> Non
     assert load_derived(derived, bundle.digest).entry == "main"
     sandbox = await shared_backend.load(bundle, limits=FAST_LIMITS, derived=derived)
     assert (await sandbox.invoke(event(), FakeHost())).output == 1
+    # A derived form of another bundle or version is never trusted: the bundle is recompiled.
     other = make_bundle("return 2")
-    with pytest.raises(LoadError, match="another bundle"):
-        await shared_backend.load(other, limits=FAST_LIMITS, derived=derived)
-    with pytest.raises(LoadError, match="derived form"):
-        await shared_backend.load(bundle, limits=FAST_LIMITS, derived=b"garbage")
+    recompiled = await shared_backend.load(other, limits=FAST_LIMITS, derived=derived)
+    assert (await recompiled.invoke(event(), FakeHost())).output == 2
+    stale = await shared_backend.load(bundle, limits=FAST_LIMITS, derived=b"garbage")
+    assert (await stale.invoke(event(), FakeHost())).output == 1
     with pytest.raises(ValueError, match="corrupted"):
         load_derived(derived[:-3] + b"xyz", bundle.digest)
 

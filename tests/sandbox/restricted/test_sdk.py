@@ -81,6 +81,37 @@ async def test_multi_file_bundles(shared_backend: RestrictedBackend) -> None:
     assert result.output == [4, 6, 3]
 
 
+async def test_packages_and_relative_imports(shared_backend: RestrictedBackend) -> None:
+    source = "from pkg import util\nfrom pkg.util import double\nreturn [util.double(2), double(3)]"
+    files = {
+        "pkg/__init__.py": "from .consts import TWO as _unused_is_private\n",
+        "pkg/util.py": "from . import consts\nfrom .consts import TWO\ndef double(x):\n    return x * consts.TWO * TWO // 2\n",
+        "pkg/consts.py": "TWO = 2\n",
+    }
+    with pytest.raises(LoadError, match="invalid variable name"):
+        await run_once(shared_backend, source, **files)
+    files["pkg/__init__.py"] = ""
+    assert (await run_once(shared_backend, source, **files)).output == [4, 6]
+    with pytest.raises(LoadError, match="beyond the bundle's top-level package"):
+        await run_once(
+            shared_backend,
+            "import pkg.mod\nreturn 1",
+            **{"pkg/__init__.py": "", "pkg/mod.py": "from .. import x\n"},
+        )
+    with pytest.raises(TenantError, match="no known parent package"):
+        await run_once(shared_backend, "from . import helpers\nreturn 1", **{"helpers.py": ""})
+
+
+async def test_host_errors_arrive_as_builtin_exception_classes(shared_backend: RestrictedBackend) -> None:
+    source = "from tenantflow import env\ntry:\n    env.kv.get(key='a')\nexcept PermissionError:\n    return 'denied'"
+
+    class Denying(FakeHost):
+        def call(self, name: str, args: object) -> object:
+            raise HostCallError("not granted", type_name="PermissionError")
+
+    assert (await run_once(shared_backend, source, Denying())).output == "denied"
+
+
 @pytest.mark.parametrize(
     "module", [*sorted(m for m in ALLOWLIST if m != "__future__"), "random", "time", "tenantflow"]
 )
