@@ -92,7 +92,7 @@ async def test_packages_and_relative_imports(shared_backend: RestrictedBackend) 
         await run_once(shared_backend, source, **files)
     files["pkg/__init__.py"] = ""
     assert (await run_once(shared_backend, source, **files)).output == [4, 6]
-    with pytest.raises(LoadError, match="beyond the bundle's top-level package"):
+    with pytest.raises(TenantError, match="beyond the bundle's top-level package"):
         await run_once(
             shared_backend,
             "import pkg.mod\nreturn 1",
