@@ -1,36 +1,32 @@
-"""The PostgreSQL engine store (asyncpg) with group commit: the backend for scaling out.
+"""The PostgreSQL engine store (asyncpg): the backend for scaling out.
 
-Design note. The shape is the SQLite store's: every write is queued to ``_GroupCommitter``, which
-runs everything queued so far in ONE transaction on one connection and commits once; PostgreSQL's
-COMMIT (under the server's ``synchronous_commit``) is the durability point, shared by every run
-whose write was in the batch. Reads go through a separate pool and never wait behind a batch.
+Design note. The shape is the SQLite store's: every write goes through a group committer
+(``_postgres_commit``) that shares one transaction and one COMMIT between all writes queued while the
+previous batch ran; reads go through a separate pool and never wait behind a batch. Schema changes
+are versioned migrations (``_postgres_schema``), all objects live in one configurable schema.
 
-Unlike SQLite, a SAVEPOINT per write is not free here: each savepoint that writes takes a
-subtransaction id, and past 64 of them in one transaction every other session's snapshot has to
-consult pg_subtrans (the well-known subtransaction-overflow slowdown). So a write reports an
-expected refusal (a stale generation, an event for an instance that is not live) as a ``_Refused``
-value, having written nothing, and a batch first runs without savepoints. Only when a write raises
-(an id already taken, an unexpected error) is the batch rolled back and run again with a SAVEPOINT
-per write, as SQLite does, so one failing write never undoes the others.
-
-Writes made for a run lock the instance row while checking its generation (FOR SHARE / FOR UPDATE),
-so a restart or terminate committed by another process cannot slip between the check and the write;
-``take_event`` and ``claim_due`` skip rows other transactions hold (FOR UPDATE SKIP LOCKED).
+Each write is one transaction's worth of work, as in SQLite, and is written so that SQLite's
+answers come out byte for byte (payloads are TEXT; rows decode with the SQLite store's helpers).
+What PostgreSQL adds is concurrency between processes, so writes made for a run lock the instance
+row while they check its generation (FOR SHARE / FOR UPDATE): a restart or terminate committed by
+another process cannot slip between the check and the write. ``take_event``, ``claim_due`` and
+``purge_finished`` skip rows another transaction holds (FOR UPDATE SKIP LOCKED). Expected refusals
+(stale generation, not live) are returned as ``Refused`` before anything is written, so batches
+need no savepoints in the common case.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ._errors import InstanceExistsError, InvalidTransitionError
 from ._model import EngineConfig, iso_ms
+from ._postgres_commit import GroupCommitter, Op, Refused
 from ._postgres_schema import check_schema_name, migrate
 from ._sqlite import _INSTANCE_COLUMNS, _LIVE, _STEP_COLUMNS, _UPDATABLE, _row_to_instance, _row_to_step
 from ._store import (
@@ -45,9 +41,6 @@ from ._store import (
 
 log = logging.getLogger(__name__)
 
-Op = Callable[[Any], Awaitable[Any]]
-"""A write: runs SQL on the batch's connection (an ``asyncpg.Connection``)."""
-
 _WRITE_STEP = f"""
 WITH live AS (SELECT pk FROM instances WHERE pk = $1 AND generation = $2 FOR SHARE)
 INSERT INTO steps (instance_pk, {_STEP_COLUMNS})
@@ -60,13 +53,6 @@ ON CONFLICT (instance_pk, seq) DO UPDATE SET
     error_name = EXCLUDED.error_name, error_message = EXCLUDED.error_message, wake_at = EXCLUDED.wake_at,
     event_type = EXCLUDED.event_type, config = EXCLUDED.config, attempts = EXCLUDED.attempts
 """
-
-
-@dataclass(frozen=True, slots=True)
-class _Refused:
-    """Returned by a write that wrote nothing and refuses: its caller gets ``error``."""
-
-    error: Exception
 
 
 def _step_args(entry: StepEntry) -> tuple[Any, ...]:
@@ -96,103 +82,6 @@ async def _keep_session(conn: Any) -> None:
     """Pool reset: nothing to undo (no session state is changed), so skip asyncpg's RESET ALL round trip."""
 
 
-class _GroupCommitter:
-    """Runs queued writes in shared transactions (see the module note)."""
-
-    def __init__(self, pool: Any, max_batch: int = 1_000) -> None:
-        self._pool = pool
-        self._queue: list[tuple[Op, asyncio.Future[Any] | None]] = []
-        self._wakeup = asyncio.Event()
-        self._max_batch = max_batch
-        self._closing = False
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="tenantflow-pg-group-commit")
-
-    def submit(self, op: Op) -> asyncio.Future[Any]:
-        if self._closing:
-            raise RuntimeError("the engine store is closed")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((op, future))
-        self._wakeup.set()
-        return future
-
-    def submit_nowait(self, op: Op) -> None:
-        if not self._closing:
-            self._queue.append((op, None))
-            self._wakeup.set()
-
-    async def aclose(self) -> None:
-        self._closing = True
-        self._wakeup.set()
-        await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue:
-                batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
-                try:
-                    results = await self._run_batch([op for op, _ in batch])
-                except asyncio.CancelledError as exc:
-                    self._resolve(batch, [(False, exc)] * len(batch))
-                    raise
-                except Exception as exc:  # the connection or the COMMIT failed: every write failed
-                    log.error("group commit of %d writes failed: %s", len(batch), exc)
-                    results = [(False, exc)] * len(batch)
-                self._resolve(batch, results)
-            if self._closing:
-                return
-
-    @staticmethod
-    def _resolve(batch: list[tuple[Op, asyncio.Future[Any] | None]], results: list[tuple[bool, Any]]) -> None:
-        for (_, future), (ok, value) in zip(batch, results, strict=True):
-            if future is None:
-                if not ok and not isinstance(value, StaleRunError):
-                    log.warning("background write failed: %s", value)
-            elif not future.done():
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
-
-    async def _run_batch(self, ops: list[Op]) -> list[tuple[bool, Any]]:
-        async with self._pool.acquire() as conn:
-            results = await self._attempt(conn, ops, savepoints=False)
-            if results is None:  # a write raised: run the batch again, each write in its own savepoint
-                results = await self._attempt(conn, ops, savepoints=True)
-            assert results is not None
-            return results
-
-    async def _attempt(self, conn: Any, ops: list[Op], *, savepoints: bool) -> list[tuple[bool, Any]] | None:
-        """One transaction over ``ops``; None when a write raised and ``savepoints`` is off."""
-        results: list[tuple[bool, Any]] = []
-        transaction = conn.transaction()
-        await transaction.start()
-        try:
-            for op in ops:
-                try:
-                    if savepoints:
-                        async with conn.transaction():
-                            value = await op(conn)
-                    else:
-                        value = await op(conn)
-                except Exception as exc:
-                    if not savepoints:
-                        break
-                    results.append((False, exc))
-                    continue
-                results.append((False, value.error) if isinstance(value, _Refused) else (True, value))
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await transaction.rollback()
-            raise
-        if len(results) < len(ops):
-            await transaction.rollback()
-            return None
-        await transaction.commit()
-        return results
-
-
 class PostgresStore(EngineStore):
     """The scale-out store: tables in one schema of a PostgreSQL database (asyncpg).
 
@@ -214,7 +103,7 @@ class PostgresStore(EngineStore):
         self._max_read_connections = max_read_connections
         self._read_pool: Any = None
         self._write_pool: Any = None
-        self._committer: _GroupCommitter | None = None
+        self._committer: GroupCommitter | None = None
 
     async def open(self) -> None:
         if self._committer is not None:
@@ -244,7 +133,7 @@ class PostgresStore(EngineStore):
                 await pool.close()
             raise
         self._write_pool, self._read_pool = pools
-        self._committer = _GroupCommitter(self._write_pool)
+        self._committer = GroupCommitter(self._write_pool)
 
     async def aclose(self) -> None:
         committer, self._committer = self._committer, None
@@ -403,10 +292,8 @@ class PostgresStore(EngineStore):
             await conn.execute(
                 "UPDATE instances SET status = 'running', started_at = COALESCE(started_at, $1), "
                 "updated_at = $1 WHERE pk = $2 AND generation = $3 AND status IN ('queued', 'waiting', 'running')",
-                now,
-                pk,
-                generation,
-            )
+                now, pk, generation,
+            )  # fmt: skip
 
         if self._committer is not None:
             self._committer.submit_nowait(op)
@@ -414,8 +301,8 @@ class PostgresStore(EngineStore):
     async def save_step(self, pk: int, generation: int, entry: StepEntry) -> None:
         args = _step_args(entry)
 
-        async def op(conn: Any) -> _Refused | None:
-            return None if await _write_step(conn, pk, generation, args) else _Refused(StaleRunError(pk))
+        async def op(conn: Any) -> Refused | None:
+            return None if await _write_step(conn, pk, generation, args) else Refused(StaleRunError(pk))
 
         await self._write(op)
 
@@ -424,17 +311,15 @@ class PostgresStore(EngineStore):
     ) -> tuple[str, int] | None:
         waiting = _step_args(entry)
 
-        async def op(conn: Any) -> _Refused | tuple[str, int, str] | None:
+        async def op(conn: Any) -> Refused | tuple[str, int, str] | None:
             if await _lock_current(conn, pk, generation) is None:
-                return _Refused(StaleRunError(pk))
+                return Refused(StaleRunError(pk))
             row = await conn.fetchrow(
                 "UPDATE events SET consumed_seq = $3 WHERE pk = (SELECT pk FROM events WHERE instance_pk = $1 "
                 "AND type = $2 AND consumed_seq IS NULL ORDER BY pk LIMIT 1 FOR UPDATE SKIP LOCKED) "
                 "RETURNING payload, received_at",
-                pk,
-                entry.event_type,
-                entry.seq,
-            )
+                pk, entry.event_type, entry.seq,
+            )  # fmt: skip
             if row is None:
                 if save_waiting:
                     await _write_step(conn, pk, generation, waiting)
@@ -471,29 +356,21 @@ class PostgresStore(EngineStore):
             if finish.waiting_event is not None:
                 pending = await conn.fetchval(
                     "SELECT 1 FROM events WHERE instance_pk = $1 AND type = $2 AND consumed_seq IS NULL LIMIT 1",
-                    pk,
-                    finish.waiting_event,
-                )
+                    pk, finish.waiting_event,
+                )  # fmt: skip
                 if pending is not None:
                     wake_at = 0
             if status == "waitingForPause":
                 await conn.execute(
                     "UPDATE instances SET status = 'paused', wake_at = NULL, paused_wake_at = $1, "
                     "waiting_event = $2, updated_at = $3 WHERE pk = $4",
-                    wake_at,
-                    finish.waiting_event,
-                    finish.now,
-                    pk,
-                )
+                    wake_at, finish.waiting_event, finish.now, pk,
+                )  # fmt: skip
                 return "paused"
             await conn.execute(
                 "UPDATE instances SET status = $1, wake_at = $2, waiting_event = $3, updated_at = $4 WHERE pk = $5",
-                "queued" if wake_at == 0 else "waiting",
-                wake_at,
-                finish.waiting_event,
-                finish.now,
-                pk,
-            )
+                "queued" if wake_at == 0 else "waiting", wake_at, finish.waiting_event, finish.now, pk,
+            )  # fmt: skip
             return "requeue" if wake_at == 0 else "waiting"
 
         result: FinishResult = await self._write(op)
@@ -504,9 +381,8 @@ class PostgresStore(EngineStore):
             await conn.execute(
                 "WITH e AS (UPDATE events SET consumed_seq = NULL WHERE instance_pk = $1 AND consumed_seq >= $2) "
                 "DELETE FROM steps WHERE instance_pk = $1 AND seq >= $2",
-                pk,
-                keep_before,
-            )
+                pk, keep_before,
+            )  # fmt: skip
 
         await self._write(op)
 
@@ -515,19 +391,19 @@ class PostgresStore(EngineStore):
     async def add_event(
         self, pk: int, event_type: str, payload: str | None, now: int, max_buffered: int
     ) -> bool:
-        async def op(conn: Any) -> _Refused | bool:
+        async def op(conn: Any) -> Refused | bool:
             row = await conn.fetchrow(
                 "SELECT status, waiting_event, wake_at FROM instances WHERE pk = $1 FOR UPDATE", pk
             )
             if row is None or row[0] not in (*_LIVE, "paused"):
-                return _Refused(
+                return Refused(
                     InvalidTransitionError(str(pk), "send an event to", row[0] if row else "deleted")
                 )
             buffered = await conn.fetchval(
                 "SELECT COUNT(*) FROM events WHERE instance_pk = $1 AND consumed_seq IS NULL", pk
             )
             if buffered >= max_buffered:
-                return _Refused(
+                return Refused(
                     InvalidTransitionError(
                         str(pk),
                         f"buffer another event ({buffered} unconsumed, the limit is {max_buffered}) for",
@@ -536,11 +412,8 @@ class PostgresStore(EngineStore):
                 )
             await conn.execute(
                 "INSERT INTO events (instance_pk, type, payload, received_at) VALUES ($1, $2, $3, $4)",
-                pk,
-                event_type,
-                payload,
-                now,
-            )
+                pk, event_type, payload, now,
+            )  # fmt: skip
             if row[0] == "waiting" and row[1] == event_type and row[2]:
                 await conn.execute("UPDATE instances SET wake_at = 0, updated_at = $1 WHERE pk = $2", now, pk)
                 return True
@@ -557,9 +430,8 @@ class PostgresStore(EngineStore):
                 "WITH due AS (UPDATE instances SET wake_at = 0 WHERE pk IN (SELECT pk FROM instances "
                 "WHERE wake_at > 0 AND wake_at <= $1 ORDER BY wake_at LIMIT $2 FOR UPDATE SKIP LOCKED) "
                 "RETURNING pk, ckey) SELECT pk, ckey FROM due ORDER BY pk",
-                now,
-                limit,
-            )
+                now, limit,
+            )  # fmt: skip
             return [(r[0], r[1]) for r in rows]
 
         result: list[tuple[int, str]] = await self._write(op)
@@ -589,9 +461,8 @@ class PostgresStore(EngineStore):
                 "s AS (DELETE FROM steps WHERE instance_pk IN (SELECT pk FROM doomed)), "
                 "e AS (DELETE FROM events WHERE instance_pk IN (SELECT pk FROM doomed)) "
                 "DELETE FROM instances WHERE pk IN (SELECT pk FROM doomed)",
-                now,
-                limit,
-            )
+                now, limit,
+            )  # fmt: skip
             return int(status.split()[-1])
 
         result: int = await self._write(op)

@@ -35,8 +35,10 @@ StoreFactory = Callable[[EngineConfig], EngineStore]
 
 
 class Harness:
-    def __init__(self, make_store: StoreFactory) -> None:
+    def __init__(self, make_store: StoreFactory, pg: PgSchema | None = None) -> None:
         self.make_store = make_store
+        self.pg = pg
+        """Where the data is, on PostgreSQL (None on SQLite)."""
         self.clock = ManualClock()
         self.executor = FunctionExecutor()
         self.engine: Engine | None = None
@@ -85,17 +87,13 @@ class Harness:
             await self.engine.aclose()
 
 
-def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    """Stores of the backend named by ``request.param``, all on the same storage."""
-    if request.param == "sqlite":
-        return lambda config: SqliteStore(tmp_path / "engine.db", config)
-    pg: PgSchema = request.getfixturevalue("pg_schema")
-    return lambda config: PostgresStore(pg.dsn, config, schema=pg.name, max_read_connections=4)
-
-
 @pytest.fixture(params=BACKENDS)
 async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
-    h = Harness(store_factory(request, tmp_path))
+    if request.param == "sqlite":
+        h = Harness(lambda config: SqliteStore(tmp_path / "engine.db", config))
+    else:
+        pg: PgSchema = request.getfixturevalue("pg_schema")
+        h = Harness(lambda config: PostgresStore(pg.dsn, config, schema=pg.name, max_read_connections=4), pg)
     yield h
     await h.aclose()
 
