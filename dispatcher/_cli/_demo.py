@@ -202,7 +202,7 @@ async def _warm_wasm(platform: Platform, say: Any) -> None:
 async def _create(platform: Platform, run: DemoRun, say: Any) -> None:
     await platform.create_instance(OPERATOR, run.tenant, run.workflow, run.params, instance_id=run.instance)
     run.created = True
-    say(f"   🚀 {run.tenant}/{run.instance:<11} {run.what}")
+    say(f"   🚀 {run.tenant + '/' + run.instance:<30} {run.what}")
 
 
 async def _follow(platform: Platform, runs: list[DemoRun], say: Any) -> None:
@@ -219,7 +219,7 @@ async def _follow(platform: Platform, runs: list[DemoRun], say: Any) -> None:
             status = instance.status.value
             if status != run.status:
                 stamp = human_seconds(time.monotonic() - started)
-                say(f"   [{stamp:>6}] {run.tenant}/{run.instance:<11} {status_label(status)}")
+                say(f"   [{stamp:>6}] {run.tenant + '/' + run.instance:<30} {status_label(status)}")
                 run.status = status
             if run.answer is not None and not run.answered and status == "waiting":
                 record = await platform.describe_instance(OPERATOR, run.tenant, run.workflow, run.instance)
