@@ -324,6 +324,8 @@ class WorkerProcess:
         if reason is not None and self._killed_for is None:
             self._killed_for = reason
         self.dead = True
+        if self.proc.returncode is not None:
+            return  # already reaped: its pid (and group id) may belong to someone else now
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
 
