@@ -30,7 +30,9 @@ authoritative anyway: once it has answered ``suspend`` it answers ``suspend`` to
 call of that invocation and records the invocation as suspended whatever the guest returns.
 
 Bindings and logs: ``env.<binding>.<method>`` with the method's keyword arguments as a JSON object
-(e.g. ``env.kv.get`` ``{"key": "a"}``), and ``log`` ``{"level", "message"}``. An ungranted binding is
+(e.g. ``env.kv.get`` ``{"key": "a"}``), or ``{"args": [...], "kwargs": {...}}`` when the tenant
+passes positional arguments; a callable binding (``env.fetch(url)``) is the host call
+``env.<binding>`` with the same argument shapes; and ``log`` ``{"level", "message"}``. An ungranted binding is
 refused by the host with a ``HostCallError`` naming the binding and the policy that grants it.
 Errors from the host arrive in the guest as an exception whose class name is the error's
 ``type_name``.

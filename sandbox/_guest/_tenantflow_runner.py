@@ -100,6 +100,52 @@ class WitWorld(wit_world.WitWorld):
         return text
 
 
+_WARM_HELPERS = """
+import dataclasses, enum, re, json, datetime, decimal, typing, collections, functools
+
+x = [1, 2]
+
+
+def exercise(n):
+    # The stdlib paths tenant modules commonly run at import time, specialized before the snapshot.
+    @dataclasses.dataclass
+    class Item:
+        sku: str
+        qty: int = 1
+        tags: list = dataclasses.field(default_factory=list)
+
+    @dataclasses.dataclass(frozen=True)
+    class Frozen:
+        a: int
+        b: typing.Optional[str] = None
+
+    class Color(enum.Enum):
+        RED = 1
+        GREEN = 2
+
+    class Plain:
+        def __init__(self, v):
+            self.v = v
+
+        def __repr__(self):
+            return f"Plain({self.v!r})"
+
+    Point = collections.namedtuple("Point", "x y")
+    pattern = re.compile(r"^(?P<user>[^@]+)@(?P<host>[a-z.]+)$" + "x" * n, re.I)
+    pattern.match("a@b.c")
+    re.sub(r"\\s+", " ", "a  b")
+    data = json.loads(json.dumps({"items": [dataclasses.asdict(Item("a", 2))], "n": n}))
+    stamp = datetime.datetime.fromisoformat("2024-01-02T03:04:05+00:00").strftime("%Y-%m-%d")
+    total = sum(decimal.Decimal("1.10") for _ in range(3))
+    try:
+        raise ValueError(f"{n}")
+    except ValueError as exc:
+        message = str(exc)
+    cached = functools.lru_cache(maxsize=8)(lambda k: k * 2)
+    return [repr(Item("s")), Frozen(1), Color.RED.name, repr(Plain(n)), Point(1, 2), data, stamp,
+            str(total), message, cached(3), sorted({"b": 1, "a": 2}.items(), key=lambda kv: kv[1])]
+"""
+
 _WARM_MAIN = """
 import random, time, uuid, datetime, json
 import _tf_warm_helpers as helpers
@@ -118,6 +164,7 @@ def run(event, step):
         env.kv.get(key="k")
     except Exception:
         pass
+    helpers.exercise(int(event["payload"]))
     return {"a": a, "b": b, "u": str(uuid.uuid4()), "j": json.dumps({"x": 1})}
 """
 
@@ -139,15 +186,16 @@ def _warm_up():
 
     world = WitWorld()
     derived = world.compile(
-        _dumps({"files": {"main.py": _WARM_MAIN, "_tf_warm_helpers.py": "x = [1, 2]\n"}, "entry": "main.py"})
+        _dumps({"files": {"main.py": _WARM_MAIN, "_tf_warm_helpers.py": _WARM_HELPERS}, "entry": "main.py"})
     )
     runtime = _RUNTIME
     runtime.configure(host_call=fake_host_call)
     data = marshal.loads(base64.b64decode(derived[len(_DERIVED_MAGIC) :]))
     importer = sdk.TenantImporter(data["modules"])
     run = runtime.load_entry(importer, data["entry"])
-    for _ in range(3):
-        outcome = runtime.invoke(run, {"payload": {}, "timestamp": 0, "instanceId": "warm"})
+    for i in range(4):
+        outcome = runtime.invoke(run, {"payload": i, "timestamp": 0, "instanceId": "warm"})
+        assert outcome["status"] == "ok", outcome
         _dumps(outcome)
     _loads(_dumps({"status": "ok", "x": [1, 2.5, "s", None, True]}))
     # Leave no trace of the warm-up tenant behind.

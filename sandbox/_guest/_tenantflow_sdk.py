@@ -727,9 +727,13 @@ class Runtime:
 
 
 def _accepts_argument(fn):
+    """True when ``fn`` has a *required* positional parameter (or ``*args``) for the step context.
+
+    Parameters with defaults do not count: ``lambda i=i: ...`` is the idiom for capturing a loop value.
+    """
     code = getattr(fn, "__code__", None)
     if code is not None and not isinstance(fn, type):
-        positional = code.co_argcount
+        positional = code.co_argcount - len(getattr(fn, "__defaults__", None) or ())
         if getattr(fn, "__self__", None) is not None:
             positional -= 1
         return positional >= 1 or bool(code.co_flags & 0x04)
@@ -739,7 +743,11 @@ def _accepts_argument(fn):
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return False
-    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
+    return any(
+        p.kind == p.VAR_POSITIONAL
+        or (p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty)
+        for p in params
+    )
 
 
 def load_failure_from(exc, tenant_files):
@@ -869,8 +877,17 @@ def _make_step(rt):
     return type("Step", (), namespace)()
 
 
+def _binding_args(args, kwargs, rt):
+    """Binding call arguments as sent to the host: plain kwargs, or {"args", "kwargs"} with positionals."""
+    payload = {"args": list(args), "kwargs": kwargs} if args else kwargs
+    return _json_arg(payload, "binding arguments", rt)
+
+
 def _make_env(rt):
-    """The ``env`` facade: ``env.<binding>.<method>(**kwargs)`` is one host call, checked there.
+    """The ``env`` facade: ``env.<binding>.<method>(...)`` and ``env.<binding>(...)`` are one host
+    call each (``env.<binding>.<method>`` / ``env.<binding>``), checked on the host. Arguments: the
+    keyword arguments as an object, or ``{"args": [...], "kwargs": {...}}`` when positional ones
+    are given.
 
     Binding facades keep their name in a closure, not an attribute, so they expose nothing.
     """
@@ -879,13 +896,15 @@ def _make_env(rt):
     def binding_facade(binding):
         def method_facade(method):
             def call(*args, **kwargs):
-                if args:
-                    raise TypeError(f"env.{binding}.{method}() takes keyword arguments only")
-                return rt.call(f"env.{binding}.{method}", _json_arg(kwargs, "binding arguments", rt))
+                return rt.call(f"env.{binding}.{method}", _binding_args(args, kwargs, rt))
 
             call.__name__ = method
             call.__qualname__ = f"env.{binding}.{method}"
             return call
+
+        def call_binding(self, *args, **kwargs):
+            # Callable bindings, e.g. env.fetch(url, method="POST"): the host call is "env.<binding>".
+            return rt.call(f"env.{binding}", _binding_args(args, kwargs, rt))
 
         def getattr_(self, method):
             if method.startswith("_"):
@@ -895,6 +914,7 @@ def _make_env(rt):
         namespace = {
             "__slots__": (),
             "__getattr__": getattr_,
+            "__call__": call_binding,
             "__repr__": lambda self: f"<binding {binding}>",
             "__module__": "tenantflow",
         }

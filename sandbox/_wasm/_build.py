@@ -14,6 +14,13 @@ Concurrent first uses (several workers starting at once) take an exclusive ``flo
 reader never sees a partial file. Every artifact has a ``.sha256`` sidecar written after it; a
 ``.cwasm`` is deserialized (which maps native code into the process) only when its content matches
 the sidecar and the file is owned by us and not writable by others. A mismatch rebuilds.
+
+The str hash seed is baked into the snapshot when componentize-py pre-initializes the runner, and
+it is random per build (PYTHONHASHSEED is not passed to the guest). Every sandbox of one build
+iterates sets of str in the same order, but two builds differ: in a cluster, build the runner once
+and ship ``runner-<key>.wasm`` with its ``.sha256`` sidecar into every node's cache directory (or
+share the directory), so that replays on any worker see the same order. Builds of other keys that
+have not been used for a day are pruned after a build.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ WIT_FILE = GUEST_DIR / "runner.wit"
 APP_MODULE = "_tenantflow_runner"
 WORLD = "runner"
 HOST_INTERFACE = "tenantflow:runner/host@0.1.0"
-_FORMAT = "tenantflow-runner-1"
+_FORMAT = "tenantflow-runner-2"
+_PRUNE_AFTER_SECONDS = 24 * 3600
 
 
 def cache_dir() -> Path:
@@ -124,12 +132,24 @@ def ensure_runner_wasm(directory: Path | None = None) -> Path:
             out = Path(work) / "runner.wasm"
             _componentize(out, Path(work))
             publish(out, final)
+        prune(directory, keep=final.stem)
         print(
             f"tenantflow: wasm runner built in {time.monotonic() - started:.1f} s: {final}",
             file=sys.stderr,
             flush=True,
         )
     return final
+
+
+def prune(directory: Path, keep: str) -> None:
+    """Delete other runner builds not used for a day (a mapped file survives its deletion)."""
+    cutoff = time.time() - _PRUNE_AFTER_SECONDS
+    for path in directory.glob("runner-*"):
+        if path.name.startswith(keep):
+            continue
+        with contextlib.suppress(OSError):
+            if path.stat().st_atime < cutoff and path.stat().st_mtime < cutoff:
+                path.unlink()
 
 
 def _componentize(out: Path, work: Path) -> None:

@@ -98,3 +98,16 @@ def test_build_failures_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(RuntimeError, match="componentize-py failed"):
         _build.ensure_runner_wasm(tmp_path)
     assert not list(tmp_path.glob("runner-*.wasm"))
+
+
+def test_old_builds_are_pruned(tmp_path: Path) -> None:
+    old = tmp_path / "runner-old.wasm"
+    recent = tmp_path / "runner-recent.wasm"
+    current = tmp_path / "runner-current.wasm"
+    for path in (old, recent, current):
+        path.write_bytes(b"x")
+    long_ago = time.time() - 3 * 24 * 3600
+    os.utime(old, (long_ago, long_ago))
+    os.utime(current, (long_ago, long_ago))
+    _build.prune(tmp_path, keep="runner-current")
+    assert not old.exists() and recent.exists() and current.exists()

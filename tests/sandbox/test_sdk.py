@@ -139,19 +139,29 @@ async def test_env_bindings_are_host_calls_checked_on_the_host(load: Any) -> Non
                 env.secrets.get(name="db")
             except PermissionError as exc:
                 refused = str(exc)
-            try:
-                env.kv.get("positional")
-            except TypeError:
-                positional = "refused"
-            return [value, refused, positional]
+            positional = env.kv.get("k2", default=0)
+            called = env.fetch("https://example.test", method="POST")
+            return [value, refused, positional, called]
             """
         )
     )
-    journal = FakeJournal(bindings={"kv.get": lambda key: {"key": key, "value": 7}})
+    journal = FakeJournal(
+        bindings={
+            "kv.get": lambda **kw: {"got": kw},
+            "fetch.": lambda **kw: {"fetched": kw},
+        }
+    )
     out = (await invoke(sb, journal)).output
-    assert out[0] == {"key": "a", "value": 7}
+    assert out[0] == {"got": {"key": "a"}}
     assert "not granted" in out[1]
-    assert out[2] == "refused"
+    assert out[2] == {"got": {"args": ["k2"], "kwargs": {"default": 0}}}
+    assert out[3] == {"fetched": {"args": ["https://example.test"], "kwargs": {"method": "POST"}}}
+    assert [name for name, _ in journal.calls if name.startswith("env.")] == [
+        "env.kv.get",
+        "env.secrets.get",
+        "env.kv.get",
+        "env.fetch",
+    ]
 
 
 async def test_log_and_print_are_captured(load: Any) -> None:
@@ -429,3 +439,17 @@ async def test_a_crashing_bridge_is_a_sandbox_crash_not_a_tenant_error(load: Any
     with pytest.raises(SandboxCrashError) as info:
         await invoke(sb, Broken())
     assert "/secret" not in str(info.value)
+
+
+async def test_only_a_required_parameter_receives_the_step_context(load: Any) -> None:
+    sb = await load(
+        run_body(
+            """
+            out = [step.do(f"loop{i}", lambda i=i: i) for i in range(2)]
+            out.append(step.do("ctx", lambda ctx: ctx["step"]["name"]))
+            out.append(step.do("star", lambda *a: len(a)))
+            return out
+            """
+        )
+    )
+    assert (await invoke(sb, FakeJournal())).output == [0, 1, "ctx", 1]
