@@ -118,3 +118,18 @@ async def backend() -> AsyncIterator[RestrictedBackend]:
     await backend.wait_ready()
     yield backend
     await backend.aclose()
+
+
+NOT_PORTABLE = {
+    # The restricted policy offers no ``type`` builtin (it builds classes from names at run time).
+    "test_step_results_must_be_exact_json[type('D', (dict,), {})(a=1)-dict subclass]",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Skip the shared SDK cases that use what the restricted policy does not offer."""
+    for item in items:
+        if item.path.name == "test_shared_sdk.py" and item.name in NOT_PORTABLE:
+            item.add_marker(
+                pytest.mark.skip(reason="uses type(), which the restricted policy does not offer")
+            )
