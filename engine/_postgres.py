@@ -12,7 +12,8 @@ row while they check its generation (FOR SHARE / FOR UPDATE): a restart or termi
 another process cannot slip between the check and the write. ``take_event``, ``claim_due`` and
 ``purge_finished`` skip rows another transaction holds (FOR UPDATE SKIP LOCKED). Expected refusals
 (stale generation, not live) are returned as ``Refused`` before anything is written, so batches
-need no savepoints in the common case.
+need no savepoints in the common case; journal writes and run starts are ``Mergeable`` (one
+statement for all of a batch's).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 from ._errors import InstanceExistsError, InvalidTransitionError
 from ._model import EngineConfig, iso_ms
-from ._postgres_commit import GroupCommitter, Op, Refused
+from ._postgres_commit import GroupCommitter, Mergeable, Op, Refused
 from ._postgres_schema import check_schema_name, migrate
 from ._sqlite import _INSTANCE_COLUMNS, _LIVE, _STEP_COLUMNS, _UPDATABLE, _row_to_instance, _row_to_step
 from ._store import (
@@ -41,17 +42,32 @@ from ._store import (
 
 log = logging.getLogger(__name__)
 
-_WRITE_STEP = f"""
-WITH live AS (SELECT pk FROM instances WHERE pk = $1 AND generation = $2 FOR SHARE)
-INSERT INTO steps (instance_pk, {_STEP_COLUMNS})
-SELECT live.pk, $3::int, $4::text, $5::text, $6::int, $7::text, $8::bigint, $9::bigint, $10::text,
-       $11::text, $12::text, $13::bigint, $14::text, $15::text, $16::text
-FROM live
+_STEP_UPSERT = """
 ON CONFLICT (instance_pk, seq) DO UPDATE SET
     type = EXCLUDED.type, name = EXCLUDED.name, count = EXCLUDED.count, state = EXCLUDED.state,
     start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at, output = EXCLUDED.output,
     error_name = EXCLUDED.error_name, error_message = EXCLUDED.error_message, wake_at = EXCLUDED.wake_at,
     event_type = EXCLUDED.event_type, config = EXCLUDED.config, attempts = EXCLUDED.attempts
+"""
+# One statement for many entries: each is written only if its run's generation is still current,
+# with the instance rows locked (in pk order) so a generation bump cannot commit in between.
+# Returns the positions (1-based) of the entries written.
+_STEP_VALUES = ", ".join("w." + column.strip() for column in _STEP_COLUMNS.split(","))
+_WRITE_STEPS = f"""
+WITH w AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::text[], $5::text[], $6::int[],
+                         $7::text[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[],
+                         $13::bigint[], $14::text[], $15::text[], $16::text[])
+        WITH ORDINALITY AS w(pk, generation, {_STEP_COLUMNS}, n)
+), live AS (
+    SELECT pk, generation FROM instances WHERE pk = ANY($1::bigint[]) ORDER BY pk FOR SHARE
+), written AS (
+    SELECT w.* FROM w JOIN live ON live.pk = w.pk AND live.generation = w.generation
+), ins AS (
+    INSERT INTO steps (instance_pk, {_STEP_COLUMNS}) SELECT pk, {_STEP_VALUES} FROM written w
+    {_STEP_UPSERT}
+)
+SELECT n FROM written
 """
 
 
@@ -63,10 +79,39 @@ def _step_args(entry: StepEntry) -> tuple[Any, ...]:
             json.dumps(e.attempts, separators=(",", ":")))  # fmt: skip
 
 
-async def _write_step(conn: Any, pk: int, generation: int, args: tuple[Any, ...]) -> bool:
-    """Upsert a journal entry if the run's generation is current; False (nothing written) if not."""
-    status: str = await conn.execute(_WRITE_STEP, pk, generation, *args)
-    return status != "INSERT 0 0"
+class _StepWrite(Mergeable):
+    """Upsert one journal entry if its run's generation is current (else ``Refused``: stale)."""
+
+    __slots__ = ("args", "generation", "pk")
+
+    def __init__(self, pk: int, generation: int, entry: StepEntry) -> None:
+        self.pk, self.generation, self.args = pk, generation, _step_args(entry)
+
+    @classmethod
+    async def run_many(cls, conn: Any, writes: list[Any]) -> list[Any]:
+        rows = [(w.pk, w.generation, *w.args) for w in writes]
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        written = {r[0] for r in await conn.fetch(_WRITE_STEPS, *columns)}
+        return [None if n in written else Refused(StaleRunError(w.pk)) for n, w in enumerate(writes, 1)]
+
+
+class _MarkRunning(Mergeable):
+    """Record that a run started (informational; skipped if the run is stale or the instance moved on)."""
+
+    __slots__ = ("generation", "now", "pk")
+
+    def __init__(self, pk: int, generation: int, now: int) -> None:
+        self.pk, self.generation, self.now = pk, generation, now
+
+    @classmethod
+    async def run_many(cls, conn: Any, writes: list[Any]) -> list[Any]:
+        await conn.execute(
+            "UPDATE instances i SET status = 'running', started_at = COALESCE(i.started_at, m.now), "
+            "updated_at = m.now FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS m(pk, generation, now) "
+            "WHERE i.pk = m.pk AND i.generation = m.generation AND i.status IN ('queued', 'waiting', 'running')",
+            [w.pk for w in writes], [w.generation for w in writes], [w.now for w in writes],
+        )  # fmt: skip
+        return [None] * len(writes)
 
 
 async def _lock_current(conn: Any, pk: int, generation: int, mode: str = "SHARE") -> str | None:
@@ -288,28 +333,16 @@ class PostgresStore(EngineStore):
         return result
 
     def mark_running(self, pk: int, generation: int, now: int) -> None:
-        async def op(conn: Any) -> None:
-            await conn.execute(
-                "UPDATE instances SET status = 'running', started_at = COALESCE(started_at, $1), "
-                "updated_at = $1 WHERE pk = $2 AND generation = $3 AND status IN ('queued', 'waiting', 'running')",
-                now, pk, generation,
-            )  # fmt: skip
-
         if self._committer is not None:
-            self._committer.submit_nowait(op)
+            self._committer.submit_nowait(_MarkRunning(pk, generation, now))
 
     async def save_step(self, pk: int, generation: int, entry: StepEntry) -> None:
-        args = _step_args(entry)
-
-        async def op(conn: Any) -> Refused | None:
-            return None if await _write_step(conn, pk, generation, args) else Refused(StaleRunError(pk))
-
-        await self._write(op)
+        await self._write(_StepWrite(pk, generation, entry))
 
     async def take_event(
         self, pk: int, generation: int, entry: StepEntry, now: int, save_waiting: bool
     ) -> tuple[str, int] | None:
-        waiting = _step_args(entry)
+        waiting = _StepWrite(pk, generation, entry)
 
         async def op(conn: Any) -> Refused | tuple[str, int, str] | None:
             if await _lock_current(conn, pk, generation) is None:
@@ -322,13 +355,13 @@ class PostgresStore(EngineStore):
             )  # fmt: skip
             if row is None:
                 if save_waiting:
-                    await _write_step(conn, pk, generation, waiting)
+                    await waiting(conn)
                 return None
             payload: str = row[0] if row[0] is not None else "null"
             # The same text as SqliteStore writes.
             output = f'{{"payload":{payload},"timestamp":"{iso_ms(row[1])}","type":{json.dumps(entry.event_type)}}}'
             done = dataclasses.replace(entry, state="complete", end_at=now, output=output)
-            await _write_step(conn, pk, generation, _step_args(done))
+            await _StepWrite(pk, generation, done)(conn)
             return payload, row[1], output
 
         taken: tuple[str, int, str] | None = await self._write(op)

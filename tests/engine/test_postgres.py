@@ -161,3 +161,22 @@ async def test_both_backends_record_the_same_history(pg_harness: Harness, tmp_pa
         await h.aclose()
     assert records[0] == records[1]
     assert records[0]["status"] == "complete"
+
+
+async def test_merged_journal_writes_are_refused_one_by_one(store: PostgresStore) -> None:
+    a, b = await store.insert_instances([_row("a"), _row("b")])
+    await store.update_instance(b, expect_status=["queued"], changes={}, now=2, bump_generation=True)
+
+    def entry(seq: int, name: str) -> StepEntry:
+        return StepEntry(seq, "step", name, 1, "complete", start_at=1, end_at=2, output=f'"{name}"')
+
+    results = await asyncio.gather(
+        store.save_step(a, 0, entry(0, "a0")),
+        store.save_step(b, 0, entry(0, "b-stale")),  # the same instance and position as the next one
+        store.save_step(b, 1, entry(0, "b-current")),
+        store.save_step(a, 3, entry(1, "a-stale")),
+        return_exceptions=True,
+    )
+    assert [type(r).__name__ for r in results] == ["NoneType", "StaleRunError", "NoneType", "StaleRunError"]
+    assert [e.output for e in await store.journal(a)] == ['"a0"']
+    assert [e.output for e in await store.journal(b)] == ['"b-current"']
