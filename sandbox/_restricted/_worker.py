@@ -80,6 +80,15 @@ def make_print_factory(worker: Worker, tenant: Tenant) -> Callable[..., Any]:
     return _Printer
 
 
+def _load_failure_from(exc: BaseException, files: frozenset[str]) -> Any:
+    """The SDK's LoadFailure (file, line, message) for an exception raised while importing."""
+    public = getattr(_sdk, "load_failure_from", None)
+    if public is not None:
+        return public(exc, files)
+    file, line = _sdk._innermost_tenant_frame(exc.__traceback__, files)
+    return _sdk.LoadFailure(f"{type(exc).__name__}: {_sdk._safe_str(exc)}", file, line)
+
+
 class LoadFailure(Exception):
     def __init__(self, message: str, file: str | None, line: int | None) -> None:
         super().__init__(message)
@@ -142,9 +151,8 @@ class Tenant:
             entry = self._module(self.derived.entry)
         except BaseException as exc:
             exc_guard()  # memory ends the worker; recursion and other signals propagate
-            file, line = _sdk._innermost_tenant_frame(exc.__traceback__, self.files)
-            message = f"{type(exc).__name__}: {_sdk._safe_str(exc)}"
-            raise LoadFailure(message, file, line) from None
+            failure = _load_failure_from(exc, self.files)
+            raise LoadFailure(failure.message, failure.file, failure.line) from None
         finally:
             _sdk._ACTIVE.reset(token)
         assert entry is not None
