@@ -91,6 +91,7 @@ class WasmBackend:
         ``spare_instances`` runner instances are kept instantiated ahead of ``load`` (0: none)."""
         self._cache_dir = Path(cache_dir) / "wasm" if cache_dir is not None else None
         self.threads = GuestThreads(max_threads)
+        self._refill_threads = GuestThreads(1, name="tenantflow-wasm-spares", nice=19)
         self.local = threading.local()
         self._spare_target = spare_instances
         self._spares: deque[tuple[Store, Any]] = deque()
@@ -167,9 +168,6 @@ class WasmBackend:
             with self._spare_lock:
                 if self._spares:
                     spare = self._spares.popleft()
-                if not self._refilling and not self._closed:
-                    self._refilling = True
-                    self.threads.submit_background(self._refill)
         if spare is None:
             return self._instantiate(limits)
         store, instance = spare
@@ -179,6 +177,17 @@ class WasmBackend:
             store.close()
             return self._instantiate(limits)
         return store, instance
+
+    def _schedule_refill(self) -> None:
+        """Refill the spares *after* a load: instantiating (mmap-heavy) while a load runs would
+        stall that load's page faults on the process's memory-map lock."""
+        if not self._spare_target:
+            return
+        with self._spare_lock:
+            if self._refilling or self._closed or len(self._spares) >= self._spare_target:
+                return
+            self._refilling = True
+        self._refill_threads.submit_background(self._refill)
 
     def _refill(self) -> None:
         """Keep ``spare_instances`` instantiated, already-entered runners ready for ``load``."""
@@ -236,7 +245,12 @@ class WasmBackend:
             payload = self._derived_payload(await self.prepare(bundle))
             assert payload is not None
         loop = asyncio.get_running_loop()
-        return await self.threads.submit(loop, self._load_sync, bundle.digest, payload, limits)
+        try:
+            return await self.threads.submit(loop, self._load_sync, bundle.digest, payload, limits)
+        finally:
+            # Only now: instantiating while the load ran (or while its result travelled back to
+            # the loop) would slow this cold start down instead of the next one.
+            self._schedule_refill()
 
     def _derived_payload(self, derived: bytes | None) -> str | None:
         """The runner payload of a derived form made by this runner version, else None (recompile)."""
@@ -283,6 +297,7 @@ class WasmBackend:
         for store, _instance in spares:
             store.close()
         self.threads.close()
+        self._refill_threads.close()
 
     async def __aenter__(self) -> WasmBackend:
         return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -29,7 +30,9 @@ def _deliver(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
 class GuestThreads:
     """A small pool of daemon threads that run blocking guest calls for the event loop."""
 
-    def __init__(self, max_threads: int, name: str = "tenantflow-wasm") -> None:
+    def __init__(self, max_threads: int, name: str = "tenantflow-wasm", nice: int = 0) -> None:
+        """``nice`` > 0 lowers the threads' CPU priority (Linux: per-thread niceness)."""
+        self._nice = nice
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._max = max_threads
         self._name = name
@@ -65,6 +68,9 @@ class GuestThreads:
                 thread.start()
 
     def _work(self) -> None:
+        if self._nice:
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
         get = self._queue.get
         while True:
             job = get()
