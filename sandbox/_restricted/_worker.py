@@ -334,6 +334,12 @@ def _set_limit(which: int, soft: int, hard: int) -> None:
         resource.setrlimit(which, (soft, hard))
 
 
+def _unraisable(info: Any) -> None:
+    """Errors nobody can catch (in finalizers): a MemoryError is still the memory limit."""
+    if isinstance(info.exc_value, MemoryError):
+        die_of_memory()
+
+
 def _harden_process() -> None:
     """No new privileges (setuid binaries) and not dumpable: a tenant that escaped into another
     worker of the same user cannot ptrace this one or read its memory through /proc."""
@@ -360,6 +366,7 @@ def main() -> None:
     os.dup2(null_fd, 1)
     os.close(null_fd)
     sys.stdout = sys.stderr
+    sys.unraisablehook = _unraisable
     _runtime.install()
     preload()
     statm_fd = os.open("/proc/self/statm", os.O_RDONLY)
