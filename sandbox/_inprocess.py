@@ -206,6 +206,12 @@ class InProcessSandbox:
     async def aclose(self) -> None:
         self._loaded = None
 
+    async def __aenter__(self) -> InProcessSandbox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
 
 class InProcessBackend:
     """Runs tenant code in this process with the real SDK. For tests of other layers only."""
@@ -265,6 +271,12 @@ class InProcessBackend:
 
     async def aclose(self) -> None:
         return None
+
+    async def __aenter__(self) -> InProcessBackend:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 def _sources(bundle: Bundle) -> dict[str, str]:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -36,7 +37,8 @@ from ._ticker import EpochTicker
 
 _DERIVED_PREFIX = b"tenantflow-wasm:"
 _SPARE_MIN_MEMORY = 48 * 1024 * 1024
-_CONFIG_DESCRIPTION = "epoch_interruption=1;memory_init_cow=1"
+_ENGINE_SETTINGS = {"epoch_interruption": True, "memory_init_cow": True}
+"""The engine ``Config``; it is part of the ``.cwasm`` cache key (compiled code depends on it)."""
 _PREPARE_LIMITS = DEFAULT_LIMITS.override(memory_bytes=256 * 1024 * 1024, cpu_seconds=20.0, wall_seconds=30.0)
 
 
@@ -49,8 +51,8 @@ class _Runtime:
 
     def __init__(self, cache_dir: Path | None, current: Any) -> None:
         config = Config()
-        config.epoch_interruption = True
-        config.memory_init_cow = True
+        for setting, value in _ENGINE_SETTINGS.items():
+            setattr(config, setting, value)
         self.engine = Engine(config)
         wasm = _build.ensure_runner_wasm(cache_dir)
         self.component = self._compiled(wasm, cache_dir or _build.cache_dir())
@@ -62,7 +64,7 @@ class _Runtime:
         self.exports = {name: self.component.get_export_index(name) for name in ("compile", "load", "invoke")}
 
     def _compiled(self, wasm: Path, directory: Path) -> Component:
-        config_key = hashlib.sha256(_CONFIG_DESCRIPTION.encode()).hexdigest()[:12]
+        config_key = hashlib.sha256(json.dumps(_ENGINE_SETTINGS, sort_keys=True).encode()).hexdigest()[:12]
         version = _build.tool_version("wasmtime")
         cwasm = directory / f"{wasm.stem}-wasmtime{version}-{config_key}.cwasm"
         if _build.verified(cwasm):
@@ -72,6 +74,9 @@ class _Runtime:
             if _build.verified(cwasm):
                 with contextlib.suppress(WasmtimeError):
                     return Component.deserialize_file(self.engine, str(cwasm))
+            print(
+                "tenantflow: compiling the wasm runner for this machine (first use, ~5 s)...", file=sys.stderr
+            )
             component = Component.from_file(self.engine, str(wasm))
             tmp = directory / f".{cwasm.name}.{threading.get_ident()}.tmp"
             tmp.write_bytes(component.serialize())

@@ -268,6 +268,12 @@ class WasmSandbox:
         if store is not None:
             self._backend.release(store)
 
+    async def __aenter__(self) -> WasmSandbox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
     async def aclose(self) -> None:
         async with self._lock:
             with self._state_lock:

@@ -453,3 +453,11 @@ async def test_only_a_required_parameter_receives_the_step_context(load: Any) ->
         )
     )
     assert (await invoke(sb, FakeJournal())).output == [0, 1, "ctx", 1]
+
+
+async def test_sandboxes_are_async_context_managers(backend: Any) -> None:
+    from sandbox import Limits
+
+    async with await backend.load(run_body("return 'ctx'"), limits=Limits()) as sb:
+        assert (await invoke(sb, FakeJournal())).output == "ctx"
+    assert not sb.alive
