@@ -1,38 +1,42 @@
-"""Attack snippets specific to RestrictedPython (run by tests/sandbox/restricted/test_attacks.py).
+"""Attack snippets specific to RestrictedPython, in the format of the shared table (``attacks.py``).
 
-Each entry is the body of ``run(event, step)`` (or a whole module when it defines ``run``). The
-runner plants ``CANARY`` in the parent's environment and in a host file at ``CANARY_PATH``; an
-attack passes when the canary never appears in anything the invocation returns (output, stdout,
-error message, traceback), the outcome is one of ``expect`` and the pool stays healthy.
-
-``expect`` names the acceptable outcomes: ``load`` (LoadError: rejected at compile/load time),
-``tenant`` (TenantError: blocked at run time), ``limit`` (LimitExceededError), ``ok`` (the code
-runs but reaches nothing of the host).
+Run by tests/sandbox/restricted/test_attacks.py against the restricted backend (the shared table
+itself runs against every backend from tests/sandbox/test_isolation.py). As there, each
+``Attack.source`` is the body of ``run(event, step)`` (here it may also be a whole module defining
+``run``); ``{CANARY_PATH}`` and ``{CANARY_ENV}`` are substituted before loading (sources built
+with ``_a`` have their other braces escaped for that). A case passes when the outcome is one of
+``expect``, nothing the invocation produced contains the canary or any of ``FORBIDDEN``, and the
+worker pool stays healthy (a benign tenant still runs).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from tests.sandbox.attacks import CANARY, CANARY_ENV, DENIED, FORBIDDEN, HARMLESS, LIMIT, Attack
 
-CANARY = "tf-canary-7f3a9c1e"
-CANARY_ENV = "TENANTFLOW_TEST_CANARY"
+__all__ = ["ATTACKS", "CANARY", "CANARY_ENV", "DENIED", "FORBIDDEN", "HARMLESS", "LIMIT", "Attack"]
 
-
-@dataclass(frozen=True)
-class Attack:
-    id: str
-    category: str
-    source: str
-    expect: frozenset[str] = frozenset({"load", "tenant"})
+_NAMES = {"ok": "ok", "load": "load", "tenant": "tenant", "limit": "limit"}
 
 
 def _a(id: str, category: str, source: str, *expect: str) -> Attack:
-    return Attack(id, category, source, frozenset(expect) if expect else frozenset({"load", "tenant"}))
+    """An attack whose source has no placeholders (its braces are escaped for ``str.format``)."""
+    escaped = source.replace("{", "{{").replace("}", "}}")
+    return _p(id, category, escaped, *expect)
+
+
+def _p(id: str, category: str, source: str, *expect: str) -> Attack:
+    """An attack whose source uses ``{CANARY_ENV}`` / ``{CANARY_PATH}``."""
+    outcomes = frozenset(_NAMES[e] for e in expect) if expect else DENIED
+    return Attack(id, category, source, outcomes)
 
 
 ATTACKS: list[Attack] = [
     # --- real module objects reachable through plain attributes --------------------------------
-    _a("json_codecs_sys", "module-walk", "import json\nreturn json.codecs.sys.modules['os'].environ"),
+    _p(
+        "json_codecs_sys",
+        "module-walk",
+        "import json\nreturn json.codecs.sys.modules['os'].environ['{CANARY_ENV}']",
+    ),
     _a("re_enum_sys", "module-walk", "import re\nreturn re.enum.sys.modules['os'].environ"),
     _a("datetime_sys", "module-walk", "import datetime\nreturn datetime.sys.modules['os'].environ"),
     _a("statistics_sys", "module-walk", "import statistics\nreturn statistics.sys.modules['os'].environ"),
@@ -40,7 +44,7 @@ ATTACKS: list[Attack] = [
     _a(
         "dataclasses_builtins",
         "module-walk",
-        "import dataclasses\nreturn dataclasses.builtins.open('/etc/hostname').read()",
+        "import dataclasses\nreturn dataclasses.builtins.open('/etc/passwd').read()",
     ),
     _a(
         "urllib_parse_sys",
@@ -197,7 +201,19 @@ ATTACKS: list[Attack] = [
     _a("metaclass_kw", "syntax", "class A(metaclass=object):\n    pass\nreturn 1"),
     _a("annotated_attribute", "syntax", "class A:\n    pass\na = A()\na.x: int = 1\nreturn 1"),
     # --- removed builtins ----------------------------------------------------------------------------
-    _a("builtin_open", "builtins", "return open('/etc/hostname').read()"),
+    _p("builtin_open", "builtins", "return open('{CANARY_PATH}').read()"),
+    _p(
+        "format_walk_to_canary",
+        "format",
+        "import statistics\nreturn '{{0.__globals__[sys].modules[os].environ[{CANARY_ENV}]}}'.format(statistics.mean)",
+    ),
+    _p(
+        "wraps_globals_to_canary",
+        "helpers",
+        "import functools, statistics\ndef f():\n    pass\n"
+        "functools.wraps(statistics.mean, assigned=(), updated=('__globals__',))(f)\n"
+        "return sys.modules['os'].environ.get('{CANARY_ENV}')",
+    ),
     _a("builtin_eval", "builtins", "return eval('1')"),
     _a("builtin_exec", "builtins", "exec('x = 1')\nreturn 1"),
     _a("builtin_compile", "builtins", "return compile('1', 'x', 'eval')"),

@@ -14,7 +14,7 @@ import pytest_asyncio
 
 from sandbox import Bundle, HostCallError, Limits
 from sandbox._restricted import RestrictedBackend
-from tests.sandbox.attacks_restricted import CANARY, CANARY_ENV
+from tests.sandbox.attacks import CANARY, CANARY_ENV
 
 FAST_LIMITS = Limits(cpu_seconds=2.0, wall_seconds=10.0, memory_bytes=96 * 1024 * 1024)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from sandbox import LimitExceededError, LoadError, SandboxError, TenantError
 from sandbox._restricted import RestrictedBackend
-from tests.sandbox.attacks_restricted import ATTACKS, CANARY, Attack
+from tests.sandbox.attacks_restricted import ATTACKS, CANARY, CANARY_ENV, FORBIDDEN, Attack
 
 from .conftest import FAST_LIMITS, FakeHost, event, make_bundle
 
@@ -17,9 +19,30 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 HEALTHY = "def run(event, step):\n    import json\n    return json.loads(json.dumps({'ok': step.do('s', lambda: 1)}))\n"
 
 
+@pytest.fixture(scope="module")
+def canary_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("canary") / "secret.txt"
+    path.write_text(CANARY + "\n")
+    yield path
+
+
 async def test_the_table_is_large_and_unique() -> None:
-    assert len(ATTACKS) >= 60
+    assert len(ATTACKS) >= 80
     assert len({a.id for a in ATTACKS}) == len(ATTACKS)
+    assert {a.category for a in ATTACKS} >= {
+        "module-walk",
+        "format",
+        "frames",
+        "shadowing",
+        "subclasses",
+        "bound-method",
+        "attributeerror",
+        "syntax",
+        "builtins",
+        "helpers",
+        "facade",
+        "result",
+    }
 
 
 async def outcome_of(backend: RestrictedBackend, source: str) -> tuple[str, str]:
@@ -39,10 +62,14 @@ async def outcome_of(backend: RestrictedBackend, source: str) -> tuple[str, str]
 
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.id for a in ATTACKS])
-async def test_attack_is_contained(shared_backend: RestrictedBackend, attack: Attack) -> None:
-    kind, shown = await outcome_of(shared_backend, attack.source)
+async def test_attack_is_contained(
+    shared_backend: RestrictedBackend, attack: Attack, canary_path: Path
+) -> None:
+    source = attack.source.format(CANARY_PATH=str(canary_path), CANARY_ENV=CANARY_ENV)
+    kind, shown = await outcome_of(shared_backend, source)
     assert CANARY not in shown
-    assert "/work/" not in shown and "site-packages" not in shown, shown
+    for forbidden in FORBIDDEN:
+        assert forbidden not in shown, f"{attack.id} leaked {forbidden!r}: {shown[:300]}"
     assert kind in attack.expect, f"{attack.id}: {kind}: {shown[:300]}"
     # The pool stays healthy: a benign tenant still runs.
     await shared_backend.wait_ready()

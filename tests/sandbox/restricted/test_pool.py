@@ -11,7 +11,7 @@ import pytest
 
 from sandbox import SandboxClosedError, SandboxCrashError, create_backend
 from sandbox._restricted import PoolBusyError, PoolConfig, RestrictedBackend
-from tests.sandbox.attacks_restricted import CANARY, CANARY_ENV
+from tests.sandbox.attacks import CANARY, CANARY_ENV
 
 from .conftest import FAST_LIMITS, FakeHost, event, make_bundle
 
