@@ -98,6 +98,12 @@ class RestrictedSandbox:
     async def aclose(self) -> None:
         self._alive = False
 
+    async def __aenter__(self) -> RestrictedSandbox:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
 
 class RestrictedBackend:
     """RestrictedPython-compiled tenant code in rlimited worker processes (``"restricted"``).
