@@ -558,7 +558,7 @@ class Runtime:
             module = importer.import_module(entry_module)
         except (SuspendSignal, AbortSignal, LimitSignal) as exc:
             raise LoadFailure(f"{type(exc).__name__} while importing {entry_module}") from None
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit at import time is a load failure too
             raise load_failure_from(exc, self._tenant_files) from None
         finally:
             _ACTIVE.reset(token)
@@ -614,7 +614,7 @@ class Runtime:
             return {"status": "limit", "limit": exc.limit, "message": exc.message}
         except MemoryError:
             return {"status": "limit", "limit": "memory", "message": "guest memory limit reached"}
-        except Exception as exc:
+        except BaseException as exc:  # the tenant's own, SystemExit and KeyboardInterrupt included
             if self._suspended:
                 return {"status": "suspended"}
             return {"status": "error", "error": self.describe_error(exc)}

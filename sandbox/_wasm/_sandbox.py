@@ -299,6 +299,10 @@ def translate_trap(exc: WasmtimeError, inv: Invocation | None) -> SandboxError:
     if "call stack exhausted" in message or "stack overflow" in message:
         return LimitExceededError("recursion", "the guest exhausted its call stack (recursion too deep)")
     if "unreachable" in message:
-        return SandboxCrashError("the guest interpreter aborted (often: out of memory in a critical spot)")
+        return SandboxCrashError(
+            "the guest interpreter aborted (os.abort, a fatal error, or memory exhausted in a critical spot)"
+        )
+    if "exit status" in message:
+        return SandboxCrashError("the guest exited its interpreter (os._exit)")
     first_line = message.strip().splitlines()[0] if message.strip() else "unknown trap"
     return SandboxCrashError(f"the guest trapped: {first_line[:200]}")

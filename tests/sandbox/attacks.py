@@ -5,7 +5,8 @@ are substituted before loading. The test plants ``CANARY`` in the host's ``os.en
 ``CANARY_ENV``) and in a host file at ``CANARY_PATH``. A case passes when
 
 * the outcome is one of ``expect``: ``load`` (LoadError), ``tenant`` (TenantError), ``limit``
-  (LimitExceededError, with ``limit`` in ``limits`` when given), ``ok`` (it ran, reaching nothing);
+  (LimitExceededError, with ``limit`` in ``limits`` when given), ``crash`` (SandboxCrashError: the
+  sandbox was discarded, e.g. after ``os._exit``), ``ok`` (it ran, reaching nothing);
 * nothing the invocation produced (output, stdout, error message, traceback) contains the canary or
   any of ``FORBIDDEN`` (host file contents, host paths);
 * another tenant's warm sandbox of the same backend still works afterwards.
@@ -198,6 +199,11 @@ ATTACKS: list[Attack] = [
     _a("os-system", "processes", "import os\nreturn os.system('touch /tmp/tenantflow-pwned')", DENIED),
     _a("os-fork", "processes", "import os\nreturn os.fork()", DENIED),
     _a("os-execv", "processes", "import os\nos.execv('/bin/sh', ['sh', '-c', 'id'])", DENIED),
+    _a("sys-exit", "processes", "import sys\nsys.exit(0)", DENIED),
+    _a("sys-exit-in-step", "processes", "return step.do('x', lambda: exit())", DENIED),
+    _a("os-exit", "processes", "import os\nos._exit(0)", frozenset({"load", "tenant", "crash"})),
+    _a("os-abort", "processes", "import os\nos.abort()", frozenset({"load", "tenant", "crash"})),
+    _a("raise-keyboard-interrupt", "processes", "raise KeyboardInterrupt", DENIED),
     _a(
         "thread-start-new",
         "threads",

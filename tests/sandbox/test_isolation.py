@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 
 import sandbox
-from sandbox import LimitExceededError, Limits, LoadError, TenantError
+from sandbox import LimitExceededError, Limits, LoadError, SandboxCrashError, TenantError
 
 from .attacks import ATTACKS, CANARY, CANARY_ENV, FORBIDDEN, Attack
 from .helpers import FakeJournal, invoke, run_body
@@ -111,6 +111,8 @@ async def test_attack_is_contained(
         outcome, error = "tenant", exc
     except LimitExceededError as exc:
         outcome, error = "limit", exc
+    except SandboxCrashError as exc:
+        outcome, error = "crash", exc
     finally:
         if sb is not None:
             await sb.aclose()
