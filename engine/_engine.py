@@ -99,6 +99,8 @@ class Engine:
         self._started = False
         self.runs_started = 0
         """Runs (wake-ups) started by this engine, for metrics."""
+        self.steps_committed = 0
+        """Step results committed by this engine's runs, for metrics."""
 
     # -- lifecycle of the engine ---------------------------------------------------------------
 
@@ -264,6 +266,10 @@ class Engine:
         rows = rows[:limit]
         next_cursor = _encode_cursor(rows[-1]) if more and rows else None
         return Page([row.instance for row in rows], next_cursor)
+
+    async def count(self, namespace: str | None = None, *, workflow: str | None = None) -> dict[str, int]:
+        """Instances by status (of one namespace and workflow when given)."""
+        return await self.store.count_instances(namespace, workflow)
 
     async def wait(
         self,
@@ -553,7 +559,9 @@ class Engine:
         try:
             await self._execute(pk)
         finally:
-            self._active.pop(pk, None)
+            active = self._active.pop(pk, None)
+            if active is not None:
+                self.steps_committed += active[0].steps_committed
             self._ready.release(key)
             requeue_key = self._requeue.pop(pk, None)
             if requeue_key is not None:

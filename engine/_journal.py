@@ -142,6 +142,8 @@ class Journal:
         """An error that fails the instance whatever the workflow does with it."""
         self.aborted = False
         self.pause_requested = False
+        self.steps_committed = 0
+        """Step results this run committed (for metrics)."""
 
     # -- what the executor may read ------------------------------------------------------------
 
@@ -251,6 +253,7 @@ class Journal:
         if error is None:
             entry.state, entry.output, entry.end_at, entry.wake_at = "complete", text, now, None
             await self._save(entry)
+            self.steps_committed += 1
             self._boundary = now
             return StepCached(json.loads(text))
         retries_done = len(entry.attempts) - 1

@@ -29,7 +29,15 @@ from ._errors import InstanceExistsError, InvalidTransitionError
 from ._model import EngineConfig, iso_ms
 from ._postgres_commit import GroupCommitter, Mergeable, Op, Refused
 from ._postgres_schema import check_schema_name, migrate
-from ._sqlite import _INSTANCE_COLUMNS, _LIVE, _STEP_COLUMNS, _UPDATABLE, _row_to_instance, _row_to_step
+from ._sqlite import (
+    _INSTANCE_COLUMNS,
+    _LIVE,
+    _STEP_COLUMNS,
+    _UPDATABLE,
+    _namespace_filter,
+    _row_to_instance,
+    _row_to_step,
+)
 from ._store import (
     EngineStore,
     FinishResult,
@@ -499,6 +507,30 @@ class PostgresStore(EngineStore):
             return int(status.split()[-1])
 
         result: int = await self._write(op)
+        return result
+
+    async def count_instances(self, namespace: str | None, workflow: str | None) -> dict[str, int]:
+        where, args = _namespace_filter(namespace, workflow, mark="$")
+
+        async def fn(conn: Any) -> dict[str, int]:
+            rows = await conn.fetch(f"SELECT status, COUNT(*) FROM instances{where} GROUP BY status", *args)
+            return {str(r[0]): int(r[1]) for r in rows}
+
+        result: dict[str, int] = await self._read(fn)
+        return result
+
+    async def count_instances(self, namespace: str | None, workflow: str | None) -> dict[str, int]:
+        """Instances by status, optionally of one namespace and workflow."""
+
+        async def fn(conn: Any) -> dict[str, int]:
+            rows = await conn.fetch(
+                "SELECT status, COUNT(*) FROM instances WHERE ($1::text IS NULL OR ns = $1) "
+                "AND ($2::text IS NULL OR workflow = $2) GROUP BY status",
+                namespace, workflow,
+            )  # fmt: skip
+            return {str(status): int(count) for status, count in rows}
+
+        result: dict[str, int] = await self._read(fn)
         return result
 
     async def journal(self, pk: int) -> list[StepEntry]:

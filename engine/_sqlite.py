@@ -157,6 +157,16 @@ def _write_step(conn: sqlite3.Connection, pk: int, e: StepEntry) -> None:
     )  # fmt: skip
 
 
+def _namespace_filter(namespace: str | None, workflow: str | None, mark: str = "?") -> tuple[str, list[Any]]:
+    """A WHERE clause (and its arguments) selecting a namespace and workflow when given."""
+    clauses, args = [], []
+    for column, value in (("ns", namespace), ("workflow", workflow)):
+        if value is not None:
+            args.append(value)
+            clauses.append(f"{column} = {mark if mark == '?' else mark + str(len(args))}")
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
 def _check_generation(conn: sqlite3.Connection, pk: int, generation: int) -> str:
     row = conn.execute("SELECT status, generation FROM instances WHERE pk = ?", (pk,)).fetchone()
     if row is None or row[1] != generation:
@@ -593,6 +603,18 @@ class SqliteStore(EngineStore):
             return len(pks)
 
         result: int = await self._write(op)
+        return result
+
+    async def count_instances(self, namespace: str | None, workflow: str | None) -> dict[str, int]:
+        where, args = _namespace_filter(namespace, workflow)
+
+        def fn(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                f"SELECT status, COUNT(*) FROM instances{where} GROUP BY status", args
+            ).fetchall()
+            return {str(status): int(count) for status, count in rows}
+
+        result: dict[str, int] = await self._read(fn)
         return result
 
     async def journal(self, pk: int) -> list[StepEntry]:

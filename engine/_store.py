@@ -210,5 +210,9 @@ class EngineStore(abc.ABC):
         """Delete up to ``limit`` finished instances whose retention has passed."""
 
     @abc.abstractmethod
+    async def count_instances(self, namespace: str | None, workflow: str | None) -> dict[str, int]:
+        """Instances by status, optionally of one namespace and workflow."""
+
+    @abc.abstractmethod
     async def journal(self, pk: int) -> list[StepEntry]:
         """The journal of an instance (for the step log)."""

@@ -71,3 +71,23 @@ async def test_retention_purges_finished_instances(harness: Harness) -> None:
     harness.clock.advance(59_000)
     assert await engine.purge_expired() == 1
     assert (await engine.get(NS, sleeping.id)).status == Status.WAITING
+
+
+async def test_counts_by_status_and_steps_committed(harness: Harness) -> None:
+    @harness.workflow
+    async def two(params: Any, step: Journal) -> Any:
+        await step.do("a", lambda: 1)
+        await step.do("b", lambda: 2)
+        if params == "fail":
+            raise ValueError("no")
+        return params
+
+    engine = await harness.start()
+    for params in ("ok", "ok", "fail"):
+        await harness.wait((await harness.create("two", params)).id)
+    await harness.create("two", "ok", namespace="elsewhere", id="x")
+    await harness.wait("x", namespace="elsewhere")
+    assert await engine.count(NS) == {"complete": 2, "errored": 1}
+    assert await engine.count(NS, workflow="other") == {}
+    assert await engine.count() == {"complete": 3, "errored": 1}
+    assert engine.steps_committed == 8
