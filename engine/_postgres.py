@@ -34,7 +34,6 @@ from ._sqlite import (
     _LIVE,
     _STEP_COLUMNS,
     _UPDATABLE,
-    _namespace_filter,
     _row_to_instance,
     _row_to_step,
 )
@@ -507,16 +506,6 @@ class PostgresStore(EngineStore):
             return int(status.split()[-1])
 
         result: int = await self._write(op)
-        return result
-
-    async def count_instances(self, namespace: str | None, workflow: str | None) -> dict[str, int]:
-        where, args = _namespace_filter(namespace, workflow, mark="$")
-
-        async def fn(conn: Any) -> dict[str, int]:
-            rows = await conn.fetch(f"SELECT status, COUNT(*) FROM instances{where} GROUP BY status", *args)
-            return {str(r[0]): int(r[1]) for r in rows}
-
-        result: dict[str, int] = await self._read(fn)
         return result
 
     async def count_instances(self, namespace: str | None, workflow: str | None) -> dict[str, int]:

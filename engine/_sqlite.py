@@ -157,13 +157,13 @@ def _write_step(conn: sqlite3.Connection, pk: int, e: StepEntry) -> None:
     )  # fmt: skip
 
 
-def _namespace_filter(namespace: str | None, workflow: str | None, mark: str = "?") -> tuple[str, list[Any]]:
+def _namespace_filter(namespace: str | None, workflow: str | None) -> tuple[str, list[Any]]:
     """A WHERE clause (and its arguments) selecting a namespace and workflow when given."""
     clauses, args = [], []
     for column, value in (("ns", namespace), ("workflow", workflow)):
         if value is not None:
             args.append(value)
-            clauses.append(f"{column} = {mark if mark == '?' else mark + str(len(args))}")
+            clauses.append(f"{column} = ?")
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
