@@ -75,14 +75,20 @@ class WitWorld(wit_world.WitWorld):
     def load(self, options, derived):
         if _State.runtime is not None:
             raise Err(_dumps({"message": "this sandbox is already loaded"}))
-        if not derived.startswith(_DERIVED_MAGIC):
-            raise Err(_dumps({"message": "derived form from another runner version"}))
-        data = marshal.loads(base64.b64decode(derived[len(_DERIVED_MAGIC) :]))
+        try:
+            if not derived.startswith(_DERIVED_MAGIC):
+                raise ValueError("not a derived form of this runner")
+            data = marshal.loads(base64.b64decode(derived[len(_DERIVED_MAGIC) :]))
+            modules, entry = data["modules"], data["entry"]
+        except Exception as exc:  # a corrupt or foreign derived form: the host recompiles
+            raise Err(
+                _dumps({"message": f"unusable derived form ({type(exc).__name__})", "derived": True})
+            ) from None
         opts = _loads(options)
         runtime = _RUNTIME
         runtime.configure(result_bytes=int(opts["result_bytes"]), output_bytes=int(opts["output_bytes"]))
         try:
-            run = runtime.load_entry(sdk.TenantImporter(data["modules"]), data["entry"])
+            run = runtime.load_entry(sdk.TenantImporter(modules), entry)
         except sdk.LoadFailure as exc:
             raise _load_failure(exc) from None
         _State.runtime = runtime

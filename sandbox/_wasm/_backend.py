@@ -26,7 +26,7 @@ from typing import Any
 from wasmtime import Config, Engine, Store, WasiConfig, WasmtimeError
 from wasmtime.component import Component, Linker
 
-from .._errors import LimitExceededError, LoadError, SandboxCrashError, SandboxError
+from .._errors import LimitExceededError, LoadError, SandboxClosedError, SandboxCrashError, SandboxError
 from .._limits import DEFAULT_LIMITS, Limits
 from .._protocol import Bundle
 from . import _build
@@ -225,7 +225,11 @@ class WasmBackend:
 
     async def prepare(self, bundle: Bundle) -> bytes:
         request = _bundle_request(bundle)
-        payload = await self.threads.submit(asyncio.get_running_loop(), self._prepare_sync, request)
+        try:
+            future = self.threads.submit(asyncio.get_running_loop(), self._prepare_sync, request)
+        except RuntimeError:
+            raise SandboxClosedError("the wasm backend is closed") from None
+        payload = await future
         return _DERIVED_PREFIX + self.version.encode() + b"\n" + payload.encode("ascii")
 
     def _prepare_sync(self, request: str) -> str:
@@ -246,12 +250,23 @@ class WasmBackend:
 
     async def load(self, bundle: Bundle, *, limits: Limits, derived: bytes | None = None) -> WasmSandbox:
         payload = self._derived_payload(derived)
-        if payload is None:
-            payload = self._derived_payload(await self.prepare(bundle))
-            assert payload is not None
+        if payload is not None:
+            try:
+                return await self._load_payload(bundle, payload, limits)
+            except _UnusableDerivedForm:
+                pass  # corrupt cache entry: compile the bundle again below
+        payload = self._derived_payload(await self.prepare(bundle))
+        assert payload is not None
+        return await self._load_payload(bundle, payload, limits)
+
+    async def _load_payload(self, bundle: Bundle, payload: str, limits: Limits) -> WasmSandbox:
         loop = asyncio.get_running_loop()
         try:
-            return await self.threads.submit(loop, self._load_sync, bundle.digest, payload, limits)
+            future = self.threads.submit(loop, self._load_sync, bundle.digest, payload, limits)
+        except RuntimeError:
+            raise SandboxClosedError("the wasm backend is closed") from None
+        try:
+            return await future
         finally:
             # Only now: instantiating while the load ran (or while its result travelled back to
             # the loop) would slow this cold start down instead of the next one.
@@ -325,9 +340,15 @@ def _bundle_request(bundle: Bundle) -> str:
     return json.dumps({"files": sources, "entry": bundle.entry})
 
 
+class _UnusableDerivedForm(LoadError):
+    """The runner could not decode a derived form (corrupt cache entry): recompile the bundle."""
+
+
 def _load_error(text: str | None) -> LoadError:
     try:
         data = json.loads(text or "{}")
+        if isinstance(data, dict) and data.get("derived") is True:
+            return _UnusableDerivedForm("the derived form is unusable")
         message = str(data.get("message") or "the bundle could not be loaded")[:4096]
         file = data.get("file") if isinstance(data.get("file"), str) else None
         line = data.get("line") if type(data.get("line")) is int else None

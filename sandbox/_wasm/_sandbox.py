@@ -164,7 +164,10 @@ class WasmSandbox:
                 raise SandboxClosedError(f"this sandbox was discarded ({self._dead_reason or 'closed'})")
             loop = asyncio.get_running_loop()
             inv = Invocation(bridge, self._limits)
-            future = self._backend.threads.submit(loop, self._invoke_sync, event_json, inv)
+            try:
+                future = self._backend.threads.submit(loop, self._invoke_sync, event_json, inv)
+            except RuntimeError:
+                raise SandboxClosedError("the wasm backend is closed") from None
             # The epoch deadline stops a running guest; this backstop covers a host call that
             # never returns. Either way the worker may still be inside the guest: abandon it.
             timer = loop.call_later(self._limits.wall_seconds + 1.0, future.cancel)

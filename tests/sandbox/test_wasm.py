@@ -476,3 +476,25 @@ async def test_forged_host_call_arguments_are_refused(wasm: Any) -> None:
     )
     out = (await invoke(sb, FakeJournal())).output
     assert out == ["EValueError\nmalformed host call arguments"] * 2
+
+
+async def test_a_corrupt_derived_form_is_recompiled(wasm_backend: Any) -> None:
+    b = run_body("return 'recompiled'")
+    derived = await wasm_backend.prepare(b)
+    header, _, payload = derived.partition(b"\n")
+    for corrupt in (header + b"\n" + payload[:-20], header + b"\nnot even base64", header + b"\n"):
+        async with await wasm_backend.load(b, limits=Limits(), derived=corrupt) as sb:
+            assert (await invoke(sb, FakeJournal())).output == "recompiled"
+
+
+async def test_a_closed_backend_refuses_work(tmp_path: Any) -> None:
+    from sandbox._wasm import WasmBackend
+
+    backend = WasmBackend(spare_instances=0)
+    sb = await backend.load(run_body("return 1"), limits=Limits())
+    await backend.aclose()
+    with pytest.raises(SandboxClosedError):
+        await invoke(sb, FakeJournal())
+    with pytest.raises((SandboxClosedError, sandbox.SandboxError)):
+        await backend.load(run_body("return 1"), limits=Limits())
+    await sb.aclose()
