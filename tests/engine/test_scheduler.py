@@ -1,6 +1,7 @@
 """Scheduling: fairness between concurrency keys, limits, 1,000 x 10 concurrently."""
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -53,7 +54,12 @@ async def test_per_key_concurrency_limit_holds(harness: Harness) -> None:
     async def tracked() -> int:
         running["now"] += 1
         running["max"] = max(running["max"], running["now"])
-        await asyncio.sleep(0.01)
+        # Stay until the limit is reached (or long enough), so that reaching it does not depend on timing.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                while running["now"] < 3:
+                    await asyncio.sleep(0.002)
+        await asyncio.sleep(0.002)
         running["now"] -= 1
         return 1
 
