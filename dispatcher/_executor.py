@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from artifacts import ArtifactError
@@ -43,9 +45,17 @@ class TenantExecutor:
         self._cache = cache
         self._logs = logs
         self.invocations = 0
-        self.dispatch_seconds = 0.0
+        self.dispatch = LatencyHistogram()
+        """Time from the engine handing over a wake-up to the sandbox's result (cold loads included)."""
 
     async def execute(self, run: RunContext) -> Outcome:
+        started = time.perf_counter()
+        try:
+            return await self._execute(run)
+        finally:
+            self.dispatch.observe(time.perf_counter() - started)
+
+    async def _execute(self, run: RunContext) -> Outcome:
         instance, journal = run.instance, run.journal
         try:
             route, params = unwrap(instance.params, what="instance params")
@@ -110,3 +120,44 @@ class TenantExecutor:
         if bridge.fatal is not None:
             return Failed(bridge.fatal)
         return outcome
+
+
+class LatencyHistogram:
+    """Cumulative latency buckets in seconds, in the Prometheus style."""
+
+    BOUNDS = (
+        0.0001,
+        0.00025,
+        0.0005,
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
+    )
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self.BOUNDS) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.BOUNDS, seconds)] += 1
+        self.total += seconds
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(upper bound label, cumulative count) pairs, ending with ``+Inf``."""
+        running, out = 0, []
+        for bound, count in zip([*map(str, self.BOUNDS), "+Inf"], self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out

@@ -339,6 +339,16 @@ class Platform:
         self._authorize(principal, tenant_id)
         return await self.artifacts.set_alias(tenant_id, workflow, alias, ref, actor=_actor(principal))
 
+    async def list_aliases(self, principal: Principal, tenant_id: str, workflow: str) -> list[AliasRecord]:
+        self._authorize(principal, tenant_id)
+        return list(await self.artifacts.list_aliases(tenant_id, workflow))
+
+    async def alias_history(
+        self, principal: Principal, tenant_id: str, workflow: str, alias: str
+    ) -> list[Any]:
+        self._authorize(principal, tenant_id)
+        return list(await self.artifacts.alias_history(tenant_id, workflow, alias))
+
     async def rollback_alias(
         self, principal: Principal, tenant_id: str, workflow: str, alias: str
     ) -> AliasRecord:
@@ -533,6 +543,16 @@ class Platform:
             if cursor is None:
                 return False
 
+    async def instance_counts(
+        self, principal: Principal, tenant_id: str | None = None, workflow: str | None = None
+    ) -> dict[str, int]:
+        """Instances by status: of one tenant (and workflow), or of every tenant for an operator."""
+        if tenant_id is None:
+            _require_operator(principal)
+        else:
+            self._authorize(principal, tenant_id)
+        return await self.engine.count(tenant_id, workflow=workflow)
+
     def metrics(self) -> dict[str, Any]:
         return {
             "cache": {
@@ -542,6 +562,7 @@ class Platform:
             },
             "invocations": self.executor.invocations,
             "runs_started": self.engine.runs_started,
+            "steps_committed": self.engine.steps_committed,
         }
 
     # -- internals -----------------------------------------------------------------------------

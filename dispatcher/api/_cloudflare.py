@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from .._errors import NotFoundError
+from .._platform import Platform, Principal
 from ._errors import bad_request
 from ._http import authenticate, config_of, ok, platform_of, query_int, read_json, read_object
 from ._metrics import instance_counts
@@ -235,7 +236,7 @@ async def list_versions(request: Request) -> JSONResponse:
     versions = await platform.list_versions(principal, tenant, name)
     if not versions:
         raise NotFoundError(f"workflow {name!r} not found")
-    aliases = await _aliases_by_number(request, tenant, name)
+    aliases = await _aliases_by_number(platform, principal, tenant, name)
     per_page = query_int(request, "per_page", 50, low=1, high=config_of(request).max_per_page)
     page = query_int(request, "page", 1, low=1, high=1_000_000)
     chosen = versions[(page - 1) * per_page : page * per_page]
@@ -248,14 +249,16 @@ async def get_version(request: Request) -> JSONResponse:
     principal = await authenticate(request)
     platform, tenant, name = platform_of(request), _path(request, "account_id"), _path(request, "name")
     version = await platform.resolve_version(principal, tenant, name, _path(request, "version_id"))
-    aliases = await _aliases_by_number(request, tenant, name)
+    aliases = await _aliases_by_number(platform, principal, tenant, name)
     return ok(version_record(version, aliases.get(version.number)))
 
 
-async def _aliases_by_number(request: Request, tenant: str, workflow: str) -> dict[int, list[str]]:
-    """Alias names per version number (the caller is already authorized for ``tenant``)."""
+async def _aliases_by_number(
+    platform: Platform, principal: Principal, tenant: str, workflow: str
+) -> dict[int, list[str]]:
+    """Alias names per version number."""
     by_number: dict[int, list[str]] = {}
-    for record in await platform_of(request).artifacts.list_aliases(tenant, workflow):
+    for record in await platform.list_aliases(principal, tenant, workflow):
         by_number.setdefault(record.number, []).append(record.alias)
     return by_number
 

@@ -1,19 +1,13 @@
 """``/metrics`` in the Prometheus text format, and instance counts by status.
 
-Design note. The platform exposes cache and executor counters in memory (``Platform.metrics()``),
-but has no query for instance counts or committed steps. Until it does, this module reads them
-from the embedded engine database through a separate read-only SQLite connection (``mode=ro``, so
-it can never write or take a write lock); with another engine store these series are omitted.
+Counters come from the platform (``Platform.metrics()``, the executor's dispatch histogram) and
+instance counts from the engine's store, so they work with every engine store.
 """
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
 import threading
 from collections import defaultdict
-from pathlib import Path
-from typing import Any
 
 from .._platform import Platform
 
@@ -64,52 +58,11 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _engine_db(platform: Platform) -> Path | None:
-    path = Path(platform.data_dir) / "engine.db"
-    return path if path.exists() else None
-
-
-def _query(path: Path, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=2)
-    try:
-        return list(db.execute(sql, args).fetchall())
-    except sqlite3.Error:
-        return []
-    finally:
-        db.close()
-
-
 async def instance_counts(
     platform: Platform, tenant: str | None = None, workflow: str | None = None
 ) -> dict[str, int]:
     """Instances by status (for an already authorized tenant and workflow, or all of them)."""
-    path = _engine_db(platform)
-    if path is None:
-        return {}
-    sql, args = "SELECT status, COUNT(*) FROM instances", ()
-    where: list[str] = []
-    params: list[Any] = []
-    if tenant is not None:
-        where.append("ns = ?")
-        params.append(tenant)
-    if workflow is not None:
-        where.append("workflow = ?")
-        params.append(workflow)
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    args = tuple(params)
-    rows = await asyncio.to_thread(_query, path, sql + " GROUP BY status", args)
-    return {str(status): int(count) for status, count in rows}
-
-
-async def steps_committed(platform: Platform) -> int | None:
-    path = _engine_db(platform)
-    if path is None:
-        return None
-    rows = await asyncio.to_thread(
-        _query, path, "SELECT COUNT(*) FROM steps WHERE type = 'step' AND state = 'complete'", ()
-    )
-    return int(rows[0][0]) if rows else None
+    return await platform.engine.count(tenant, workflow=workflow)
 
 
 async def render(platform: Platform, http: HttpMetrics) -> str:
@@ -123,11 +76,15 @@ async def render(platform: Platform, http: HttpMetrics) -> str:
         lines.append(f"# TYPE {name} {kind}")
         lines.append(f"{name}{labels} {value:g}")
 
-    metric("tenantflow_dispatch_duration_seconds_sum", "counter",
-           "Total time spent dispatching wake-ups into tenant sandboxes.",
-           float(getattr(executor, "dispatch_seconds", 0.0)))  # fmt: skip
-    metric("tenantflow_dispatch_duration_seconds_count", "counter", "Wake-ups dispatched into tenant sandboxes.",
-           data["invocations"])  # fmt: skip
+    dispatch = executor.dispatch
+    lines.append(
+        "# HELP tenantflow_dispatch_duration_seconds Engine wake-up to sandbox result, cold loads included."
+    )
+    lines.append("# TYPE tenantflow_dispatch_duration_seconds histogram")
+    for bound, count in dispatch.cumulative():
+        lines.append(f'tenantflow_dispatch_duration_seconds_bucket{{le="{bound}"}} {count}')
+    lines.append(f"tenantflow_dispatch_duration_seconds_sum {dispatch.total:g}")
+    lines.append(f"tenantflow_dispatch_duration_seconds_count {dispatch.count}")
     metric(
         "tenantflow_runs_started_total", "counter", "Instance runs the engine started.", data["runs_started"]
     )
@@ -139,11 +96,10 @@ async def render(platform: Platform, http: HttpMetrics) -> str:
     metric("tenantflow_cache_evictions_total", "counter", "Warm cache entries evicted.", cache["evictions"])
     metric("tenantflow_cache_entries", "gauge", "Warm cache entries (tenant versions).", cache["entries"])
     metric("tenantflow_cache_sandboxes", "gauge", "Sandboxes held by the warm cache.", cache["sandboxes"])
-    committed = await steps_committed(platform)
-    if committed is not None:
-        metric(
-            "tenantflow_steps_committed_total", "counter", "Step results committed to the journal.", committed
-        )
+    metric(
+        "tenantflow_steps_committed_total", "counter", "Step results committed by this process.",
+        data["steps_committed"],
+    )  # fmt: skip
     counts = await instance_counts(platform)
     lines.append("# HELP tenantflow_instances Instances by status.")
     lines.append("# TYPE tenantflow_instances gauge")

@@ -203,7 +203,7 @@ async def list_versions(request: Request) -> JSONResponse:
     platform, tenant_id, workflow = platform_of(request), _p(request, "tenant"), _p(request, "workflow")
     versions = await platform.list_versions(principal, tenant_id, workflow)
     by_number: dict[int, list[str]] = {}
-    for record in await platform.artifacts.list_aliases(tenant_id, workflow):
+    for record in await platform.list_aliases(principal, tenant_id, workflow):
         by_number.setdefault(record.number, []).append(record.alias)
     return ok(
         [version_record(v, by_number.get(v.number)) for v in versions], result_info={"count": len(versions)}
@@ -221,9 +221,8 @@ async def get_version(request: Request) -> JSONResponse:
 async def list_aliases(request: Request) -> JSONResponse:
     principal = await authenticate(request)
     tenant_id, workflow = _p(request, "tenant"), _p(request, "workflow")
-    tenant_visible(principal, tenant_id)
     await platform_of(request).get_tenant(principal, tenant_id)
-    records = await platform_of(request).artifacts.list_aliases(tenant_id, workflow)
+    records = await platform_of(request).list_aliases(principal, tenant_id, workflow)
     return ok([alias_record(r) for r in records], result_info={"count": len(records)})
 
 
@@ -250,9 +249,8 @@ async def rollback_alias(request: Request) -> JSONResponse:
 async def alias_history(request: Request) -> JSONResponse:
     principal = await authenticate(request)
     tenant_id, workflow = _p(request, "tenant"), _p(request, "workflow")
-    tenant_visible(principal, tenant_id)
     await platform_of(request).get_tenant(principal, tenant_id)
-    events = await platform_of(request).artifacts.alias_history(tenant_id, workflow, _p(request, "alias"))
+    events = await platform_of(request).alias_history(principal, tenant_id, workflow, _p(request, "alias"))
     return ok([alias_event(e) for e in events], result_info={"count": len(events)})
 
 
