@@ -40,6 +40,8 @@ from ._logs import InstanceLogs
 log = logging.getLogger(__name__)
 
 SUSPEND: dict[str, Any] = {"action": "suspend"}
+ENV_BINDINGS = "env.bindings"
+"""Host call answering the names of the bindings granted to the tenant (so ``env`` shows only those)."""
 
 
 class Bindings(Protocol):
@@ -58,6 +60,7 @@ class StepBridge:
         journal: Journal,
         route: Route,
         bindings: Bindings | None,
+        granted: frozenset[str] = frozenset(),
         logs: InstanceLogs,
         log_key: tuple[str, str],
     ) -> None:
@@ -65,6 +68,7 @@ class StepBridge:
         self._journal = journal
         self._route = route
         self._bindings = bindings
+        self._granted = sorted(granted)
         self._logs = logs
         self._log_key = log_key
         self._in_flight: tuple[str, int] | None = None
@@ -84,6 +88,8 @@ class StepBridge:
                 raise HostCallError("log expects {level, message}", type_name="TypeError")
             self._logs.append(self._log_key, str(args.get("level", "info")), str(args.get("message", "")))
             return None
+        if name == ENV_BINDINGS:
+            return self._granted
         if name.startswith("env."):
             if self._bindings is None:
                 binding = name.split(".")[1] if name.count(".") else name

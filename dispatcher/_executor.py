@@ -86,6 +86,7 @@ class TenantExecutor:
             journal=journal,
             route=route,
             bindings=self._bindings(tenant),
+            granted=tenant.policy.bindings,
             logs=self._logs,
             log_key=log_key,
         )

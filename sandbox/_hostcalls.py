@@ -29,7 +29,8 @@ Suspension: when an answer says ``suspend`` the SDK raises an internal signal th
 authoritative anyway: once it has answered ``suspend`` it answers ``suspend`` to every later step
 call of that invocation and records the invocation as suspended whatever the guest returns.
 
-Bindings and logs: ``env.<binding>.<method>`` with the method's keyword arguments as a JSON object
+Bindings and logs: ``env.bindings`` (no args) answers the sorted names of the granted bindings, so
+``env`` can show only those. ``env.<binding>.<method>`` with the method's keyword arguments as a JSON object
 (e.g. ``env.kv.get`` ``{"key": "a"}``), or ``{"args": [...], "kwargs": {...}}`` when the tenant
 passes positional arguments; a callable binding (``env.fetch(url)``) is the host call
 ``env.<binding>`` with the same argument shapes; and ``log`` ``{"level", "message"}``. An ungranted binding is
@@ -50,6 +51,7 @@ STEP_SLEEP_UNTIL: Final = "step.sleep_until"
 STEP_WAIT_FOR_EVENT: Final = "step.wait_for_event"
 LOG: Final = "log"
 ENV_PREFIX: Final = "env."
+ENV_BINDINGS: Final = "env.bindings"
 
 STEP_CALLS: Final = frozenset(
     {STEP_DO, STEP_COMMIT, STEP_FAIL, STEP_SLEEP, STEP_SLEEP_UNTIL, STEP_WAIT_FOR_EVENT}

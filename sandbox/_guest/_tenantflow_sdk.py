@@ -74,6 +74,7 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "AbortSignal",
+    "BindingNotGranted",
     "HostCallFailed",
     "LimitSignal",
     "LoadFailure",
@@ -113,6 +114,10 @@ class HostCallFailed(Exception):
         self.message = message
 
 
+class BindingNotGranted(AttributeError):
+    """``env.<name>`` for a binding the tenant's policy does not grant (``hasattr`` is False)."""
+
+
 class SuspendSignal(BaseException):
     """The host answered ``suspend``: unwind the workflow body. Not an ``Exception``."""
 
@@ -148,6 +153,7 @@ class LoadFailure(Exception):
 
 
 _ERROR_CLASSES = {}
+_ERROR_CLASSES["BindingNotGranted"] = BindingNotGranted  # one class, raised by the host or by env
 
 
 def _error_class(type_name):
@@ -573,6 +579,7 @@ class Runtime:
     def invoke(self, run, event, capture_stdio=True):
         """Run ``run(event, step)`` once and return the outcome dict (see the module docstring)."""
         self.output.reset()
+        self._granted = None
         self._suspended = False
         self._memory_exhausted = False
         self._in_callback = 0
@@ -628,6 +635,19 @@ class Runtime:
         }
 
     # ----------------------------------------------------------------- host calls
+
+    def granted_bindings(self):
+        """The names of the bindings the host grants (asked once per invocation), or None if unknown."""
+        granted = getattr(self, "_granted", None)
+        if granted is None:
+            try:
+                answer = self._host_call("env.bindings", {})
+            except Exception:
+                return None  # an older host: every binding call is still checked on the host
+            if type(answer) is not list or not all(type(name) is str for name in answer):
+                return None
+            granted = self._granted = tuple(answer)
+        return granted
 
     def call(self, name, args):
         """One host call. Converts host refusals into tenant-visible exceptions."""
@@ -923,6 +943,12 @@ def _make_env(rt):
     def env_getattr(self, binding):
         if binding.startswith("_"):
             raise AttributeError(binding)
+        granted = rt.granted_bindings()
+        if granted is not None and binding not in granted:
+            raise BindingNotGranted(
+                f"binding {binding!r} is not granted to this tenant; an operator can grant it in the "
+                f"tenant policy (granted: {', '.join(granted) or 'none'})"
+            )
         facade = bindings.get(binding)
         if facade is None:
             facade = bindings[binding] = binding_facade(binding)
@@ -931,6 +957,7 @@ def _make_env(rt):
     namespace = {
         "__slots__": (),
         "__getattr__": env_getattr,
+        "__dir__": lambda self: list(rt.granted_bindings() or ()),
         "__repr__": lambda self: "<env>",
         "__module__": "tenantflow",
     }
@@ -942,10 +969,12 @@ def _make_tenantflow_module(rt):
     module.__doc__ = "The tenantflow SDK: env (granted bindings), NonRetryableError, log."
     module.env = _make_env(rt)
     module.NonRetryableError = NonRetryableError
+    module.EventTimeoutError = _error_class("EventTimeoutError")
+    module.BindingNotGranted = BindingNotGranted
 
     def log(message, *, level="info"):
         rt.call("log", {"level": str(level), "message": str(message)})
 
     module.log = log
-    module.__all__ = ["NonRetryableError", "env", "log"]
+    module.__all__ = ["BindingNotGranted", "EventTimeoutError", "NonRetryableError", "env", "log"]
     return module

@@ -34,10 +34,18 @@ def run(event, step):
 """
 
 PROBES = """
-from tenantflow import env
+from tenantflow import BindingNotGranted, EventTimeoutError, env
 
 def run(event, step):
-    results = {}
+    results = {"has_kv": hasattr(env, "kv"), "has_db": hasattr(env, "db")}
+    try:
+        step.wait_for_event("never", "nothing", timeout=1)
+    except EventTimeoutError:
+        results["timeout_class"] = "EventTimeoutError"
+    try:
+        env.kv
+    except BindingNotGranted:
+        results["not_granted_class"] = "BindingNotGranted"
     for name, call in [
         ("kv", lambda: env.kv.get("x")),
         ("db", lambda: env.db.execute("SELECT 1")),
@@ -101,11 +109,16 @@ async def test_granted_bindings_work_and_ungranted_are_refused(
         results = (await finish(platform, "bare", probe.id)).output
         for name in ("kv", "db", "fetch", "secrets"):
             assert results[name].startswith(f"binding {name!r} is not granted to this tenant"), results
+        assert results["has_kv"] is False and results["has_db"] is False
+        assert results["timeout_class"] == "EventTimeoutError"
+        assert results["not_granted_class"] == "BindingNotGranted"
         # The tenant with grants still cannot reach another tenant's data or a non-allowlisted host.
         await deploy(platform, "full", PROBES.replace("127.0.0.1:1", "127.0.0.1:9"), backend=backend)
         other = await platform.create_instance(OPERATOR, "full", "flow")
         results = (await finish(platform, "full", other.id)).output
         assert results["kv"] == "allowed" and results["secrets"] == "allowed"
+        assert results["has_kv"] is True and results["has_db"] is True
+        assert "not_granted_class" not in results
         assert "not on this tenant's fetch allowlist" in results["fetch"] or "refused" in results["fetch"], (
             results
         )

@@ -30,6 +30,8 @@ class FakeJournal:
         self.slept: set[tuple[str, int]] = set()
         self.events: dict[str, list[Any]] = {}
         self.bindings = bindings or {}
+        self.granted: set[str] | None = None
+        """Answer for ``env.bindings`` (None: refuse it, like a host that does not know the call)."""
         self.now = START_MS
         self.calls: list[tuple[str, Any]] = []
         self.logs: list[Any] = []
@@ -100,6 +102,8 @@ class FakeJournal:
         if name == "log":
             self.logs.append(args)
             return None
+        if name == "env.bindings" and self.granted is not None:
+            return sorted(self.granted)
         if name.startswith("env."):
             binding, _, method = name[4:].partition(".")
             handler = self.bindings.get(f"{binding}.{method}")

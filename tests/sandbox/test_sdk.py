@@ -129,6 +129,29 @@ async def test_multi_file_bundles_import_each_other(load: Any) -> None:
     assert (await invoke(sb, FakeJournal(), "ada")).output == ["hello ada", 4, 6, "helpers"]
 
 
+async def test_env_shows_only_the_granted_bindings(load: Any) -> None:
+    sb = await load(
+        run_body(
+            """
+            from tenantflow import BindingNotGranted, env
+            try:
+                env.db.execute("SELECT 1")
+                refused = "no"
+            except BindingNotGranted as exc:
+                refused = str(exc)
+            return [hasattr(env, "kv"), hasattr(env, "db"), refused, env.kv.get("a")]
+            """
+        )
+    )
+    journal = FakeJournal(bindings={"kv.get": lambda **kw: "value"})
+    journal.granted = {"kv"}
+    out = (await invoke(sb, journal)).output
+    assert out[:2] == [True, False]
+    assert out[2].startswith("binding 'db' is not granted to this tenant") and "granted: kv" in out[2]
+    assert out[3] == "value"
+    assert [name for name, _ in journal.calls].count("env.bindings") == 1  # asked once per invocation
+
+
 async def test_env_bindings_are_host_calls_checked_on_the_host(load: Any) -> None:
     sb = await load(
         run_body(
@@ -156,7 +179,7 @@ async def test_env_bindings_are_host_calls_checked_on_the_host(load: Any) -> Non
     assert "not granted" in out[1]
     assert out[2] == {"got": {"args": ["k2"], "kwargs": {"default": 0}}}
     assert out[3] == {"fetched": {"args": ["https://example.test"], "kwargs": {"method": "POST"}}}
-    assert [name for name, _ in journal.calls if name.startswith("env.")] == [
+    assert [name for name, _ in journal.calls if name.startswith("env.") and name != "env.bindings"] == [
         "env.kv.get",
         "env.secrets.get",
         "env.kv.get",
