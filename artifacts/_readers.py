@@ -53,7 +53,14 @@ def read_zip(fileobj: BinaryIO, archive_size: int, c: Collector) -> None:
     limits = c.limits
     try:
         zf = zipfile.ZipFile(fileobj)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,
+        OSError,
+        ValueError,
+        EOFError,
+    ) as exc:
         raise c.fatal(
             None, f"not a readable zip archive ({exc}); upload a .zip, .tar.gz or directory"
         ) from exc

@@ -210,3 +210,15 @@ async def test_every_problem_is_listed_in_one_error(store: SqliteArtifactStore) 
     text = str(error)
     assert text.startswith("bundle rejected (5 problems); fix these and upload again:\n")
     assert all(f"  - {m}" in text for m in messages(error))
+
+
+async def test_zip_needing_an_unsupported_version_is_a_validation_error(store: SqliteArtifactStore) -> None:
+    # Found by the property test: zipfile raises NotImplementedError for "version needed" > 6.3.
+    archive = bytearray(make_zip(files()))
+    central = archive.index(b"PK\x01\x02")
+    archive[central + 6 : central + 8] = (84).to_bytes(2, "little")  # version needed to extract: 8.4
+    error = await rejected(store, bytes(archive), filename="bundle.zip")
+    assert messages(error) == [
+        "not a readable zip archive (zip file version 8.4); upload a .zip, .tar.gz or directory"
+    ]
+    await assert_nothing_stored(store)
