@@ -28,6 +28,7 @@ from engine import (
     StepCached,
     StepDecision,
     StepFailure,
+    StepRun,
     Suspend,
 )
 from sandbox import JSON, HostCallError
@@ -132,14 +133,16 @@ class StepBridge:
                 decision = await journal.finish_attempt(
                     error=info, non_retryable=args.get("non_retryable") is True
                 )
+                if isinstance(decision, StepRun):
+                    return {"action": "retry", "attempt": decision.attempt, "time": journal.boundary_time}
+                self._in_flight = None
                 if isinstance(decision, StepFailure):
-                    self._in_flight = None
                     return {
                         "action": "failed",
                         "error": decision.error.to_json(),
                         "time": journal.boundary_time,
                     }
-                return {"action": "retry", "attempt": decision.attempt, "time": journal.boundary_time}  # type: ignore[union-attr]
+                raise HostCallError("a failed attempt cannot commit a result", type_name="StepError")
             if name == "step.sleep":
                 await journal.sleep(_text(args, "name"), args.get("duration"))
                 return {"action": "continue", "time": journal.boundary_time}

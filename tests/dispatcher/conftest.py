@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,3 @@ async def finish(platform: Platform, tenant: str, instance_id: str, timeout: flo
     await platform.engine.wait(tenant, instance_id, statuses=FINISHED, timeout=timeout)
     return await platform.get_instance(OPERATOR, tenant, (await platform.engine.get(tenant, instance_id)).workflow,
                                        instance_id)  # fmt: skip
-
-
-Waiter = Callable[..., Any]
