@@ -6,7 +6,8 @@ sandbox cache, the step bridge and bindings, and authorization of every operatio
 """
 
 from ._cache import CacheKey, CacheStats, WarmCache
-from ._control import ControlStore, TokenInfo
+from ._control import ControlStore, SqliteControlStore, TokenInfo
+from ._control_pg import PostgresControlStore
 from ._envelope import ENVELOPE_VERSION, Route, unwrap, wrap
 from ._errors import (
     AuthenticationError,
@@ -37,9 +38,11 @@ __all__ = [
     "PermissionDeniedError",
     "Platform",
     "PlatformError",
+    "PostgresControlStore",
     "Principal",
     "RateLimitedError",
     "Route",
+    "SqliteControlStore",
     "Tenant",
     "TenantPolicy",
     "TenantSuspendedError",

@@ -1,4 +1,8 @@
-"""The control store: tenants, their policies and API tokens (SQLite).
+"""The control store: tenants, their policies and API tokens.
+
+``ControlStore`` is the interface; ``SqliteControlStore`` (here, the embedded default) and
+``PostgresControlStore`` (``_control_pg.py``, the scale-out one shared by every API and worker
+process) implement it with the same behaviour.
 
 Tokens are random (``tf_`` + 43 url-safe characters), shown once when created, and stored only as
 their sha256 hash. A token belongs to one tenant, or to no tenant (an operator token).
@@ -11,9 +15,11 @@ import json
 import secrets
 import sqlite3
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import aiosqlite
 
@@ -60,23 +66,101 @@ def hash_token(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _now() -> int:
+def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _tenant(row: sqlite3.Row | tuple[Any, ...]) -> Tenant:
+def new_token(tenant: str | None, label: str) -> tuple[TokenInfo, str]:
+    """A fresh token record and its secret (shown once)."""
+    return new_token_info(tenant, label), "tf_" + secrets.token_urlsafe(32)
+
+
+def new_token_info(tenant: str | None, label: str) -> TokenInfo:
+    return TokenInfo("tok_" + secrets.token_hex(8), tenant, label, now_ms(), None)
+
+
+def new_tenant(tenant_id: str, display_name: str, policy: TenantPolicy) -> Tenant:
+    return Tenant(tenant_id, display_name, "active", policy, now_ms())
+
+
+def policy_json(policy: TenantPolicy) -> str:
+    return json.dumps(policy.to_json(include_secrets=True))
+
+
+def tenant_from_row(row: Any) -> Tenant:
+    """A tenant from ``(id, display_name, status, policy JSON, created_at)``."""
     policy = TenantPolicy.from_json(json.loads(row[3]))
     return Tenant(row[0], row[1], row[2], policy, row[4])
 
 
-class ControlStore:
-    """Tenants and tokens. Open with ``await ControlStore.open(path)``."""
+class ControlStore(ABC):
+    """Tenants and tokens: the interface every control store implements.
+
+    Errors: ``ConflictError`` (a tenant that exists), ``NotFoundError`` (an unknown tenant or token).
+    A store is an async context manager; ``aclose()`` is idempotent.
+    """
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    @abstractmethod
+    async def create_tenant(self, tenant_id: str, display_name: str, policy: TenantPolicy) -> Tenant: ...
+
+    @abstractmethod
+    async def get_tenant(self, tenant_id: str) -> Tenant: ...
+
+    @abstractmethod
+    async def list_tenants(self) -> list[Tenant]: ...
+
+    @abstractmethod
+    async def update_tenant(
+        self,
+        tenant_id: str,
+        *,
+        policy: TenantPolicy | None = None,
+        status: str | None = None,
+        display_name: str | None = None,
+    ) -> Tenant:
+        """Change the given fields atomically; the others keep their current values."""
+
+    @abstractmethod
+    async def create_token(self, tenant: str | None, label: str = "") -> tuple[TokenInfo, str]:
+        """A new token; the secret is returned here and never again."""
+
+    @abstractmethod
+    async def import_token(self, tenant: str | None, secret: str, label: str) -> TokenInfo:
+        """Register a token whose secret the operator chose (e.g. TENANTFLOW_OPERATOR_TOKEN)."""
+
+    @abstractmethod
+    async def authenticate(self, secret: str) -> TokenInfo | None:
+        """The live (unrevoked) token with this secret, or None."""
+
+    @abstractmethod
+    async def list_tokens(self, tenant: str | None = None, *, operators: bool = False) -> list[TokenInfo]:
+        """Tokens of ``tenant``, or the operator tokens, oldest first."""
+
+    @abstractmethod
+    async def revoke_token(self, token_id: str, *, tenant: str | None = None) -> None:
+        """Revoke a token (restricted to ``tenant``'s tokens when given)."""
+
+
+class SqliteControlStore(ControlStore):
+    """Tenants and tokens in one SQLite file. Open with ``await SqliteControlStore.open(path)``."""
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
+        self._closed = False
 
     @classmethod
-    async def open(cls, path: str | Path) -> ControlStore:
+    async def open(cls, path: str | Path) -> SqliteControlStore:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path, isolation_level=None)
         await db.execute("PRAGMA journal_mode = WAL")
@@ -86,18 +170,19 @@ class ControlStore:
         return cls(db)
 
     async def aclose(self) -> None:
-        await self._db.close()
+        if not self._closed:
+            self._closed = True
+            await self._db.close()
 
     # -- tenants -------------------------------------------------------------------------------
 
     async def create_tenant(self, tenant_id: str, display_name: str, policy: TenantPolicy) -> Tenant:
-        tenant = Tenant(tenant_id, display_name, "active", policy, _now())
+        tenant = new_tenant(tenant_id, display_name, policy)
         try:
             await self._db.execute(
                 "INSERT INTO tenants (id, display_name, status, policy, created_at) VALUES (?, ?, ?, ?, ?)",
-                (tenant.id, display_name, tenant.status, json.dumps(policy.to_json(include_secrets=True)),
-                 tenant.created_at),
-            )  # fmt: skip
+                (tenant.id, display_name, tenant.status, policy_json(policy), tenant.created_at),
+            )
         except sqlite3.IntegrityError:
             raise ConflictError(f"tenant {tenant_id!r} already exists") from None
         return tenant
@@ -109,13 +194,13 @@ class ControlStore:
         row = await cursor.fetchone()
         if row is None:
             raise NotFoundError(f"tenant {tenant_id!r} not found")
-        return _tenant(tuple(row))
+        return tenant_from_row(tuple(row))
 
     async def list_tenants(self) -> list[Tenant]:
         cursor = await self._db.execute(
             "SELECT id, display_name, status, policy, created_at FROM tenants ORDER BY id"
         )
-        return [_tenant(tuple(row)) for row in await cursor.fetchall()]
+        return [tenant_from_row(tuple(row)) for row in await cursor.fetchall()]
 
     async def update_tenant(
         self,
@@ -129,7 +214,7 @@ class ControlStore:
         await self._db.execute(
             "UPDATE tenants SET policy = ?, status = ?, display_name = ? WHERE id = ?",
             (
-                json.dumps((policy or current.policy).to_json(include_secrets=True)),
+                policy_json(policy or current.policy),
                 status or current.status,
                 display_name if display_name is not None else current.display_name,
                 tenant_id,
@@ -140,9 +225,7 @@ class ControlStore:
     # -- tokens --------------------------------------------------------------------------------
 
     async def create_token(self, tenant: str | None, label: str = "") -> tuple[TokenInfo, str]:
-        """A new token; the secret is returned here and never again."""
-        secret = "tf_" + secrets.token_urlsafe(32)
-        info = TokenInfo("tok_" + secrets.token_hex(8), tenant, label, _now(), None)
+        info, secret = new_token(tenant, label)
         await self._db.execute(
             "INSERT INTO tokens (id, tenant, label, hash, created_at) VALUES (?, ?, ?, ?, ?)",
             (info.id, tenant, label, hash_token(secret), info.created_at),
@@ -150,7 +233,6 @@ class ControlStore:
         return info, secret
 
     async def import_token(self, tenant: str | None, secret: str, label: str) -> TokenInfo:
-        """Register a token whose secret the operator chose (e.g. TENANTFLOW_OPERATOR_TOKEN)."""
         cursor = await self._db.execute(
             "SELECT id, tenant, label, created_at, revoked_at FROM tokens WHERE hash = ?",
             (hash_token(secret),),
@@ -158,7 +240,7 @@ class ControlStore:
         row = await cursor.fetchone()
         if row is not None:
             return TokenInfo(*row)
-        info = TokenInfo("tok_" + secrets.token_hex(8), tenant, label, _now(), None)
+        info = new_token_info(tenant, label)
         await self._db.execute(
             "INSERT INTO tokens (id, tenant, label, hash, created_at) VALUES (?, ?, ?, ?, ?)",
             (info.id, tenant, label, hash_token(secret), info.created_at),
@@ -186,9 +268,8 @@ class ControlStore:
         return [TokenInfo(*row) for row in await cursor.fetchall()]
 
     async def revoke_token(self, token_id: str, *, tenant: str | None = None) -> None:
-        """Revoke a token (restricted to ``tenant``'s tokens when given)."""
         sql = "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
-        args: tuple[Any, ...] = (_now(), token_id)
+        args: tuple[Any, ...] = (now_ms(), token_id)
         if tenant is not None:
             sql += " AND tenant = ?"
             args = (*args, tenant)

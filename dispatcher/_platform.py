@@ -47,7 +47,7 @@ from sandbox import Bundle, SandboxBackend, create_backend
 
 from ._bridge import Bindings
 from ._cache import CacheKey, Prepared, WarmCache
-from ._control import ControlStore, TokenInfo
+from ._control import ControlStore, SqliteControlStore, TokenInfo
 from ._envelope import Route, body_of, unwrap, wrap
 from ._errors import (
     AuthenticationError,
@@ -147,7 +147,7 @@ class Platform:
         """
         directory = Path(data_dir)
         await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
-        control = await ControlStore.open(directory / "control.db")
+        control = await SqliteControlStore.open(directory / "control.db")
         artifacts = await SqliteArtifactStore.open(directory / "artifacts.db")
         platform = cls(
             directory,
