@@ -12,6 +12,7 @@ from ._envelope import ENVELOPE_VERSION, Route, unwrap, wrap
 from ._errors import (
     AuthenticationError,
     ConflictError,
+    DatabaseUnavailableError,
     EnvelopeError,
     InvalidRequestError,
     NotFoundError,
@@ -32,6 +33,7 @@ __all__ = [
     "CacheStats",
     "ConflictError",
     "ControlStore",
+    "DatabaseUnavailableError",
     "EnvelopeError",
     "InvalidRequestError",
     "NotFoundError",

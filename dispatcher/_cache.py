@@ -132,6 +132,10 @@ class WarmCache:
         """Sandboxes held (idle or in use)."""
         return sum(len(entry.idle) + entry.in_use for entry in self._lru.values())
 
+    def warm_keys(self) -> list[CacheKey]:
+        """The entries held, least recently used first."""
+        return list(self._lru)
+
     async def acquire(self, key: CacheKey) -> Sandbox:
         """A sandbox for ``key``: a warm one if idle, else a freshly loaded one."""
         entry = self._lru.get(key)

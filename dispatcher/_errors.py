@@ -9,7 +9,8 @@ PlatformError                    root
 ├── InvalidRequestError          malformed input; ``field`` names it (HTTP 400)
 ├── RateLimitedError             the tenant's creation rate was exceeded (HTTP 429)
 ├── TenantSuspendedError         the tenant is suspended (HTTP 403)
-└── EnvelopeError                a stored payload lacks a valid routing envelope
+├── EnvelopeError                a stored payload lacks a valid routing envelope
+└── DatabaseUnavailableError     the ``--db`` database cannot be reached or used
 """
 
 from __future__ import annotations
@@ -60,3 +61,12 @@ class TenantSuspendedError(PlatformError):
 
 class EnvelopeError(PlatformError):
     """A stored payload is not a valid routing envelope; no tenant code may run for it."""
+
+
+class DatabaseUnavailableError(PlatformError):
+    """The PostgreSQL database given with ``db`` cannot be reached or used (the DSN shown without password)."""
+
+    def __init__(self, dsn: str, reason: str) -> None:
+        super().__init__(f"cannot use the database {dsn}: {reason}")
+        self.dsn = dsn
+        self.reason = reason

@@ -7,12 +7,24 @@ operator may act on any tenant; a tenant token only on its own tenant, and anyth
 looks exactly like something that does not exist (``NotFoundError``).
 
 Data directory layout: ``engine.db``, ``artifacts.db``, ``control.db``, ``tenants/<id>.sqlite3``.
+
+Scale-out (``db="postgresql://..."``): every store lives in PostgreSQL, each in its own schema under
+one prefix (``<schema>_engine``, ``<schema>_artifacts``, ``<schema>_control``), shared by any number
+of API and worker processes on any number of machines. ``data_dir`` then only holds this process's
+caches: ``artifact-cache/`` (bundles and derived forms fetched by digest, verified on every read)
+and the bindings' ``tenants/`` files. ``worker=False`` opens an API-only platform: it creates,
+controls and observes instances, and never runs one. Each instance carries the affinity label
+``tenant@digest``; a worker prefers to claim instances of the versions its warm cache holds.
+Tenants and policies are re-read from the control store every ``tenant_refresh_seconds``, so a
+policy changed through one process reaches the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import inspect
 import logging
 import os
 import time
@@ -21,10 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from artifacts import (
     AliasRecord,
     ArtifactError,
+    ArtifactStore,
+    PostgresArtifactStore,
     SqliteArtifactStore,
     UploadResult,
     Version,
@@ -34,11 +49,13 @@ from engine import (
     CreateRequest,
     Engine,
     EngineConfig,
+    EngineStore,
     EngineValidationError,
     Instance,
     InstanceExistsError,
     InstanceNotFoundError,
     InvalidTransitionError,
+    PostgresStore,
     RestartFrom,
     SqliteStore,
     Status,
@@ -48,10 +65,13 @@ from sandbox import Bundle, SandboxBackend, create_backend
 from ._bridge import Bindings
 from ._cache import CacheKey, Prepared, WarmCache
 from ._control import ControlStore, SqliteControlStore, TokenInfo
+from ._control_pg import PostgresControlStore, check_schema_name, import_asyncpg
+from ._disk_cache import DiskArtifactCache
 from ._envelope import Route, body_of, unwrap, wrap
 from ._errors import (
     AuthenticationError,
     ConflictError,
+    DatabaseUnavailableError,
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
@@ -64,6 +84,11 @@ from ._policy import Tenant, TenantPolicy, validate_tenant_id
 
 log = logging.getLogger(__name__)
 _LIVE = ("queued", "running", "waiting", "waitingForPause")
+MiB = 1024 * 1024
+# The engine's multi-worker API (issue 8: ``CreateRequest.affinity``, ``Engine(preferred_affinity=,
+# worker=)``) is landing in parallel; until it has, affinity is not recorded and API-only refuses.
+_ENGINE_AFFINITY = "affinity" in {f.name for f in dataclasses.fields(CreateRequest)}
+_ENGINE_ROLES = {"preferred_affinity", "worker"} <= set(inspect.signature(Engine).parameters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,15 +129,24 @@ class Platform:
         self,
         data_dir: Path,
         *,
+        engine_store: EngineStore,
         engine_config: EngineConfig,
         backends: dict[str, SandboxBackend],
         control: ControlStore,
-        artifacts: SqliteArtifactStore,
+        artifacts: ArtifactStore,
         cache_options: Mapping[str, Any],
+        disk_cache: DiskArtifactCache | None = None,
+        worker: bool = True,
+        tenant_refresh_seconds: float | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.control = control
         self.artifacts = artifacts
+        self.disk_cache = disk_cache
+        """Local copies of artifacts fetched from a shared store (None with SQLite)."""
+        self.worker = worker
+        """Whether this platform's engine claims and runs instances (False: API only)."""
+        self._tenant_refresh_seconds = tenant_refresh_seconds
         self.backends = backends  # may be _LazyBackends: keep the object, not a copy
         self.logs = InstanceLogs()
         self._tenants: dict[str, Tenant] = {}
@@ -122,43 +156,75 @@ class Platform:
         self.executor = TenantExecutor(
             tenant=self._tenant, bindings=self._bindings_for, cache=self.cache, logs=self.logs
         )
+        roles: dict[str, Any] = {}
+        if _ENGINE_ROLES:
+            roles = {"preferred_affinity": self.warm_affinity, "worker": worker}
+        elif not worker:
+            raise NotImplementedError(
+                "this engine has no API-only mode (Engine(worker=False)); run with the worker"
+            )
         self.engine = Engine(
-            SqliteStore(data_dir / "engine.db", engine_config),
-            self.executor,
-            config=engine_config,
-            key_limit=self._concurrency_limit,
+            engine_store, self.executor, config=engine_config, key_limit=self._concurrency_limit, **roles
         )
         self._sweeper: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
         cls,
         data_dir: str | Path,
         *,
+        db: str | None = None,
+        schema: str = "tenantflow",
+        worker: bool = True,
         engine_config: EngineConfig | None = None,
         backends: Mapping[str, SandboxBackend] | None = None,
         cache_options: Mapping[str, Any] | None = None,
+        artifact_cache_bytes: int = 1024 * MiB,
+        tenant_refresh_seconds: float = 5.0,
         start: bool = True,
     ) -> Platform:
-        """Open (creating on first use) a platform in ``data_dir``.
+        """Open (creating on first use) a platform in ``data_dir``, or on the PostgreSQL ``db``.
 
         ``backends`` defaults to the real ``wasm`` and ``restricted`` backends, created lazily on
-        first use by a tenant that needs them.
+        first use by a tenant that needs them. With ``db`` (``postgresql://...``) every store is in
+        that database under the schema prefix ``schema``, and ``data_dir`` holds local caches only
+        (at most ``artifact_cache_bytes`` of artifacts). ``worker=False``: API only, runs nothing.
+        A database that cannot be reached or used raises ``DatabaseUnavailableError``.
         """
         directory = Path(data_dir)
         await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
-        control = await SqliteControlStore.open(directory / "control.db")
-        artifacts = await SqliteArtifactStore.open(directory / "artifacts.db")
-        platform = cls(
-            directory,
-            engine_config=engine_config or EngineConfig(),
-            backends=dict(backends) if backends is not None else _LazyBackends(),
-            control=control,
-            artifacts=artifacts,
-            cache_options=cache_options or {},
-        )
-        for tenant in await control.list_tenants():
-            platform._tenants[tenant.id] = tenant
+        config = engine_config or EngineConfig()
+        disk_cache: DiskArtifactCache | None = None
+        refresh: float | None = None
+        if db is None:
+            control: ControlStore = await SqliteControlStore.open(directory / "control.db")
+            artifacts: ArtifactStore = await SqliteArtifactStore.open(directory / "artifacts.db")
+            engine_store: EngineStore = SqliteStore(directory / "engine.db", config)
+        else:
+            control, artifacts, engine_store = await _open_postgres(db, schema, config)
+            disk_cache = await DiskArtifactCache.open(
+                directory / "artifact-cache", max_bytes=artifact_cache_bytes
+            )
+            refresh = tenant_refresh_seconds
+        try:
+            platform = cls(
+                directory,
+                engine_store=engine_store,
+                engine_config=config,
+                backends=dict(backends) if backends is not None else _LazyBackends(),
+                control=control,
+                artifacts=artifacts,
+                cache_options=cache_options or {},
+                disk_cache=disk_cache,
+                worker=worker,
+                tenant_refresh_seconds=refresh,
+            )
+            for tenant in await control.list_tenants():
+                platform._tenants[tenant.id] = tenant
+        except BaseException:
+            await _close_all(engine_store.aclose(), artifacts.aclose(), control.aclose())
+            raise
         if start:
             await platform.start()
         return platform
@@ -166,13 +232,18 @@ class Platform:
     async def start(self) -> None:
         await self.engine.start()
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="tenantflow-cache-sweeper")
+        if self._tenant_refresh_seconds is not None:
+            self._refresher = asyncio.create_task(
+                self._refresh_loop(self._tenant_refresh_seconds), name="tenantflow-tenant-refresh"
+            )
 
     async def aclose(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        for task in (self._sweeper, self._refresher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._sweeper = self._refresher = None
         await self.engine.aclose()
         await self.cache.aclose()
         for bindings in self._bindings.values():
@@ -390,6 +461,9 @@ class Platform:
         resolved = await self.resolve_version(principal, tenant_id, workflow, version)
         route = Route(tenant_id, workflow, resolved.digest)
         self._rates.take(tenant_id, tenant.policy.creation_rate, len(items))
+        extra: dict[str, Any] = (
+            {"affinity": affinity_tag(tenant_id, resolved.digest)} if _ENGINE_AFFINITY else {}
+        )
         requests = [
             CreateRequest(
                 workflow,
@@ -397,6 +471,7 @@ class Platform:
                 id=instance_id,
                 concurrency_key=tenant_id,
                 retention_ms=tenant.policy.retention_seconds * 1000,
+                **extra,
             )
             for instance_id, params in items
         ]
@@ -554,16 +629,37 @@ class Platform:
         return await self.engine.count(tenant_id, workflow=workflow)
 
     def metrics(self) -> dict[str, Any]:
-        return {
+        stats = self.cache.stats
+        claims = int(getattr(self.engine, "claims", 0))
+        preferred = int(getattr(self.engine, "claims_preferred", 0))
+        data: dict[str, Any] = {
             "cache": {
-                **self.cache.stats.to_json(),
+                **stats.to_json(),
                 "entries": len(self.cache),
                 "sandboxes": self.cache.sandboxes,
+                "hit_rate": _ratio(stats.hits, stats.hits + stats.misses),
+            },
+            "affinity": {
+                "claims": claims,
+                "claims_preferred": preferred,
+                "preferred_rate": _ratio(preferred, claims),
             },
             "invocations": self.executor.invocations,
             "runs_started": self.engine.runs_started,
             "steps_committed": self.engine.steps_committed,
+            "worker": self.worker,
         }
+        if self.disk_cache is not None:
+            data["artifact_cache"] = {
+                **self.disk_cache.stats.to_json(),
+                "files": len(self.disk_cache),
+                "bytes": self.disk_cache.size,
+            }
+        return data
+
+    def warm_affinity(self) -> set[str]:
+        """The affinity labels of the versions the warm cache holds (what this worker prefers)."""
+        return {affinity_tag(key.tenant, key.digest) for key in self.cache.warm_keys()}
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -626,18 +722,43 @@ class Platform:
         return bindings
 
     async def _prepare(self, key: CacheKey, backend: SandboxBackend) -> Prepared:
-        files = await self.artifacts.read_bundle(key.digest)
+        store, disk = self.artifacts, self.disk_cache
+        if disk is None:
+            files = await store.read_bundle(key.digest)
+            derived = await store.get_derived(key.digest, backend.name, backend.version)
+        else:
+            files = await disk.bundle(key.digest, lambda: store.read_bundle(key.digest))
+            derived = await disk.derived(
+                key.digest, backend.name, backend.version,
+                lambda: store.get_derived(key.digest, backend.name, backend.version),
+            )  # fmt: skip
         bundle = Bundle(key.digest, dict(files.files), files.manifest.entry)
-        derived = await self.artifacts.get_derived(key.digest, backend.name, backend.version)
         if derived is None:
             derived = await backend.prepare(bundle)
-            await self.artifacts.put_derived(key.digest, backend.name, backend.version, derived)
+            await store.put_derived(key.digest, backend.name, backend.version, derived)
+            if disk is not None:
+                await disk.put_derived(key.digest, backend.name, backend.version, derived)
         return Prepared(bundle, derived)
 
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(30)
             self.cache.sweep()
+
+    async def _refresh_loop(self, seconds: float) -> None:
+        """Pick up tenants and policy changes made through other processes sharing the database."""
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self.refresh_tenants()
+            except Exception:
+                log.exception("re-reading tenants failed; retrying in %.0f s", seconds)
+
+    async def refresh_tenants(self) -> None:
+        """Re-read every tenant from the control store; changed ones drop their warm sandboxes."""
+        for tenant in await self.control.list_tenants():
+            if self._tenants.get(tenant.id) != tenant:
+                self._policy_changed(tenant)
 
 
 class _LazyBackends(dict[str, SandboxBackend]):
@@ -647,6 +768,63 @@ class _LazyBackends(dict[str, SandboxBackend]):
         backend = create_backend(name)
         self[name] = backend
         return backend
+
+
+def affinity_tag(tenant: str, digest: str) -> str:
+    """The affinity label of instances of ``tenant`` pinned to the version ``digest``."""
+    return f"{tenant}@{digest}"
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    try:
+        parts = urlsplit(dsn)
+        if parts.password is None:
+            return dsn
+        netloc = parts.netloc.rsplit("@", 1)
+        user = netloc[0].split(":", 1)[0]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+    except ValueError:
+        return "(an unparsable DSN)"
+
+
+async def _open_postgres(
+    dsn: str, schema: str, config: EngineConfig
+) -> tuple[ControlStore, ArtifactStore, EngineStore]:
+    """The three stores in ``dsn`` under the schema prefix ``schema``, migrated and connected."""
+    shown = redact_dsn(dsn)
+    if not dsn.startswith(("postgresql://", "postgres://")):
+        raise DatabaseUnavailableError(shown, "expected a DSN like postgresql://user@host:5432/dbname")
+    check_schema_name(schema + "_artifacts")  # the longest of the three names
+    asyncpg = import_asyncpg()
+    opened: list[Any] = []
+    try:
+        control = await PostgresControlStore.open(dsn, schema=f"{schema}_control")
+        opened.append(control)
+        artifacts = await PostgresArtifactStore.open(dsn, schema=f"{schema}_artifacts")
+        opened.append(artifacts)
+        engine_store = PostgresStore(dsn, config, schema=f"{schema}_engine")
+        await engine_store.open()  # opened now, so a bad database fails here and clearly
+        opened.append(engine_store)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        await _close_all(*(store.aclose() for store in reversed(opened)))
+        raise DatabaseUnavailableError(shown, str(exc) or type(exc).__name__) from exc
+    except BaseException:
+        await _close_all(*(store.aclose() for store in reversed(opened)))
+        raise
+    return control, artifacts, engine_store
+
+
+async def _close_all(*closers: Any) -> None:
+    for closer in closers:
+        try:
+            await closer
+        except Exception:
+            log.exception("closing a store failed")
 
 
 def _require_operator(principal: Principal) -> None:
