@@ -1,7 +1,7 @@
 """Shared helpers of the full-stack benchmarks (``bench_full*.py``): a real ``dispatcher.Platform``
 (engine on SQLite, artifact store, control store, warm cache, real sandbox backend) in a temporary
-directory, with one tenant whose policy lifts the per-tenant rate and concurrency caps (the
-benchmarks measure the machine, not the default quotas).
+directory, with tenants whose policy lifts the per-tenant creation rate (the benchmarks measure the machine,
+not the default quota).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ TEN_STEPS = (
 )
 NO_STEP = "def run(event, step):\n    return 1\n"
 
-BENCH_POLICY: dict[str, Any] = {
-    "max_concurrent_instances": 10_000,
-    "creation_rate": 10_000_000.0,
-}
+BENCH_POLICY: dict[str, Any] = {"creation_rate": 10_000_000.0}
+"""Lifts the per-tenant creation rate (default 100/s); ``max_concurrent_instances`` stays at its
+default of 100: with 10,000, a burst of 1,000 wakes loads ~1,000 sandboxes at once (one serves one
+invocation at a time), which is slower (8.4 s vs 5.3 s for 1,000 x 10 steps) and peaks at ~9 GB."""
 
 
 def engine_config(synchronous: str = "FULL") -> EngineConfig:
