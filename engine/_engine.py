@@ -1,7 +1,10 @@
 """The engine: instance lifecycle, the scheduler loop, and runs.
 
 A run: the scheduler pops a ready instance (fairly between concurrency keys), loads its journal,
-calls the executor with a ``Journal``, and records the outcome. The journal is authoritative about
+calls the executor with a ``Journal``, and records the outcome. On a store shared between
+processes (``SharedEngineStore``) the scheduler is a ``Worker`` that leases instances from the
+database instead of an in-memory queue, and lifecycle operations decide from the database whether a
+run is in flight, wherever it runs (see ``_worker``). The journal is authoritative about
 suspensions and fatal errors: whatever the executor returns, a pending timer means "waiting" and
 a non-determinism error means "errored".
 """
@@ -46,8 +49,9 @@ from ._model import (
 )
 from ._ready import ReadyQueue
 from ._steplog import instance_record
-from ._store import EngineStore, NewInstance, RunFinish, StoredInstance
+from ._store import EngineStore, NewInstance, RunFinish, SharedEngineStore, StoredInstance
 from ._validation import encode_payload, validate_id
+from ._worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +86,24 @@ class Engine:
         config: EngineConfig | None = None,
         clock: Clock | None = None,
         key_limit: Callable[[str], int] | None = None,
+        preferred_affinity: Callable[[], Collection[str]] | None = None,
+        worker: bool = True,
     ) -> None:
-        """``key_limit`` may lower ``max_concurrency_per_key`` for particular concurrency keys."""
+        """``key_limit`` may lower ``max_concurrency_per_key`` for particular concurrency keys.
+
+        On a shared store: ``preferred_affinity`` names the affinity labels this worker prefers to
+        claim (asked before every claim); ``worker=False`` makes an engine that creates, controls
+        and observes instances but never runs any (an API-only process).
+        """
         self.store = store
         self.config = config or EngineConfig()
         self.clock: Clock = clock or SystemClock()
         self._executor = executor
+        self._key_limit = key_limit
+        self._worker: Worker | None = (
+            Worker(self, store, preferred_affinity) if isinstance(store, SharedEngineStore) else None
+        )
+        self._runs = worker
         self._ready = ReadyQueue(self.config.max_concurrency, self.config.max_concurrency_per_key, key_limit)
         self._active: dict[int, tuple[Journal, asyncio.Task[None]]] = {}
         self._requeue: dict[int, str] = {}
@@ -101,6 +117,16 @@ class Engine:
         """Runs (wake-ups) started by this engine, for metrics."""
         self.steps_committed = 0
         """Step results committed by this engine's runs, for metrics."""
+        self.claims = 0
+        """Instances this engine took to run (leases on a shared store; every run otherwise)."""
+        self.claims_preferred = 0
+        """Of ``claims``, those whose affinity was preferred (shared stores only): the warm-hit rate
+        is ``claims_preferred / claims`` when ``preferred_affinity`` names what the worker holds warm."""
+
+    @property
+    def worker_id(self) -> str | None:
+        """This engine's lease owner id on a shared store (None otherwise)."""
+        return None if self._worker is None else self._worker.id
 
     # -- lifecycle of the engine ---------------------------------------------------------------
 
@@ -110,12 +136,15 @@ class Engine:
             return
         await self.store.open()
         self._started = True
+        self._loops = [asyncio.create_task(self._purge_loop(), name="tenantflow-purge")]
+        if not self._runs:
+            return
+        self._loops.append(asyncio.create_task(self._timer_loop(), name="tenantflow-timers"))
+        if self._worker is not None:
+            self._loops += self._worker.start(self._stopping)
+            return
         for pk, key in await self.store.ready_instances():
             self._ready.push(pk, key)
-        self._loops = [
-            asyncio.create_task(self._timer_loop(), name="tenantflow-timers"),
-            asyncio.create_task(self._purge_loop(), name="tenantflow-purge"),
-        ]
         self._dispatch()
 
     async def aclose(self) -> None:
@@ -125,10 +154,17 @@ class Engine:
         self._started = False
         self._stopping.set()
         self._timer_wakeup.set()
+        if self._worker is not None:
+            self._worker.wakeup.set()
         tasks = [task for _, task in self._active.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*self._loops, *tasks, return_exceptions=True)
+        if self._worker is not None and isinstance(self.store, SharedEngineStore):
+            try:  # hand the instances in flight to other workers now rather than at lease expiry
+                await self.store.release_all(self._worker.id)
+            except Exception:
+                log.exception("releasing leases at shutdown failed; they expire on their own")
         await self.store.aclose()
 
     async def __aenter__(self) -> Engine:
@@ -181,6 +217,7 @@ class Engine:
                 wake_at=None,
                 retention_ms=row.retention_ms,
                 generation=0,
+                affinity=row.affinity,
             )
             for row, request in zip(rows, requests, strict=True)
         ]
@@ -198,9 +235,18 @@ class Engine:
             raise EngineValidationError(
                 f"{where}retention", f"must be a positive number of ms, got {retention!r}"
             )
+        if not isinstance(request.affinity, str) or len(request.affinity) > 1_024:
+            raise EngineValidationError(f"{where}affinity", "must be a string of at most 1,024 characters")
         params = encode_payload(request.params, f"{where}params", self.config.max_params_bytes)
         return NewInstance(
-            namespace, instance_id, request.workflow, params, request.concurrency_key, now, retention
+            namespace,
+            instance_id,
+            request.workflow,
+            params,
+            request.concurrency_key,
+            now,
+            retention,
+            request.affinity,
         )
 
     async def get(self, namespace: str, instance_id: str) -> Instance:
@@ -302,7 +348,16 @@ class Engine:
             raise InvalidTransitionError(instance_id, "pause", status)
         now = self.clock.now_ms()
         active = self._active.get(stored.pk)
-        if active is not None:
+        if isinstance(self.store, SharedEngineStore) and self._worker is not None:
+            # Whether a run is in flight (in any worker) is the lease's to say, not this process's.
+            updated = await self.store.request_pause(stored.pk, now)
+            if (
+                active is not None
+                and updated is not None
+                and updated.instance.status == Status.WAITING_FOR_PAUSE
+            ):
+                active[0].pause_requested = True
+        elif active is not None:
             updated = await self.store.update_instance(
                 stored.pk, expect_status=_LIVE, changes={"status": Status.WAITING_FOR_PAUSE.value}, now=now
             )
@@ -335,6 +390,8 @@ class Engine:
             active = self._active.get(stored.pk)
             if active is not None:
                 active[0].pause_requested = False
+            if isinstance(self.store, SharedEngineStore) and updated is not None:
+                await self.store.notify(f"u:{stored.pk}")
             return self._after_transition(stored, updated, "resume")
         if status != Status.PAUSED:
             if status in FINISHED:
@@ -402,12 +459,14 @@ class Engine:
                 )
             keep = matches[0]
         now = self.clock.now_ms()
+        shared = isinstance(self.store, SharedEngineStore)
         updated = await self.store.update_instance(
             stored.pk,
             expect_status=_ALL,
             changes={
                 "status": Status.QUEUED.value,
-                "wake_at": 0,
+                # Shared: not claimable by another worker before the journal is truncated below.
+                "wake_at": None if shared else 0,
                 "output": None,
                 "error_name": None,
                 "error_message": None,
@@ -421,6 +480,10 @@ class Engine:
         )
         await self.store.truncate_journal(stored.pk, keep)
         self._abort_active(stored.pk)
+        if shared and updated is not None:
+            updated = await self.store.update_instance(
+                stored.pk, expect_status=(Status.QUEUED,), changes={"wake_at": 0}, now=now
+            )
         instance = self._after_transition(stored, updated, "restart")
         self._enqueue(stored.pk, stored.instance.concurrency_key)
         return instance
@@ -510,6 +573,9 @@ class Engine:
     # -- internals: scheduling -----------------------------------------------------------------
 
     def _enqueue(self, pk: int, key: str) -> None:
+        if self._worker is not None:  # ready in the database: claim it (or another worker will)
+            self._worker.wakeup.set()
+            return
         if pk in self._active:
             self._requeue[pk] = key
             return
@@ -520,10 +586,13 @@ class Engine:
         if not self._started:
             return
         while (item := self._ready.pop()) is not None:
-            pk, key = item
-            task = asyncio.create_task(self._run(pk, key))
-            self.runs_started += 1
-            task.add_done_callback(_log_crash)
+            self.claims += 1
+            self._start_run(*item)
+
+    def _start_run(self, pk: int, key: str, generation: int | None = None) -> None:
+        task = asyncio.create_task(self._run(pk, key, generation))
+        self.runs_started += 1
+        task.add_done_callback(_log_crash)
 
     def _note_timer(self, wake_at: int) -> None:
         if self._next_timer is None or wake_at < self._next_timer:
@@ -555,27 +624,44 @@ class Engine:
             except Exception:
                 log.exception("purging finished instances failed; will retry")
 
-    async def _run(self, pk: int, key: str) -> None:
+    async def _run(self, pk: int, key: str, generation: int | None) -> None:
+        finished = False
         try:
-            await self._execute(pk)
+            finished = await self._execute(pk, generation)
         finally:
             active = self._active.pop(pk, None)
             if active is not None:
                 self.steps_committed += active[0].steps_committed
-            self._ready.release(key)
-            requeue_key = self._requeue.pop(pk, None)
-            if requeue_key is not None:
-                self._ready.push(pk, requeue_key)
-            self._dispatch()
+            if self._worker is not None:
+                await self._release(pk, generation, finished)
+            else:
+                self._ready.release(key)
+                requeue_key = self._requeue.pop(pk, None)
+                if requeue_key is not None:
+                    self._ready.push(pk, requeue_key)
+                self._dispatch()
 
-    async def _execute(self, pk: int) -> None:
+    async def _release(self, pk: int, generation: int | None, finished: bool) -> None:
+        assert self._worker is not None and isinstance(self.store, SharedEngineStore)
+        try:
+            if not finished and generation is not None and self._started:
+                await self.store.release_lease(self._worker.id, pk, generation)
+        except Exception:
+            log.exception("releasing the lease of instance %s failed; it expires on its own", pk)
+        finally:
+            self._worker.released(pk)
+
+    async def _execute(self, pk: int, generation: int | None) -> bool:
+        """Run the instance once; True when its end was recorded (``finish_run`` released the lease)."""
         loaded = await self.store.load_run(pk)
         if loaded is None:
-            return
+            return False
         stored, entries = loaded
         instance = stored.instance
         if instance.status not in _LIVE or stored.raw_wake_at != 0:
-            return  # paused, finished or rescheduled since it was queued
+            return False  # paused, finished or rescheduled since it was queued
+        if generation is not None and instance.generation != generation:
+            return False  # restarted or taken over since this worker claimed it
         journal = Journal(
             store=self.store, config=self.config, clock=self.clock, pk=pk, instance=instance, entries=entries
         )
@@ -592,18 +678,20 @@ class Engine:
         except Suspend:
             outcome = Suspended()
         except RunAborted:
-            return
+            return False
         except asyncio.CancelledError:
             if journal.aborted or not self._started:
-                return
+                return False
             raise
         except StepFailedError as exc:
             outcome = Failed(ErrorInfo(exc.error_name, exc.message))
         except Exception as exc:
             outcome = Failed(ErrorInfo(type(exc).__name__, str(exc)))
         if journal.aborted:
-            return
+            return False
         finish = self._finish(journal, outcome)
+        if self._worker is not None:
+            self._worker.finishing.add(pk)
         if journal.pause_requested and finish.kind == "suspended":
             # A pause asked for by the run itself: finish_run turns waitingForPause into paused.
             await self.store.update_instance(
@@ -611,10 +699,14 @@ class Engine:
             )
         result = await self.store.finish_run(pk, instance.generation, finish)
         if result == "requeue":
-            self._requeue[pk] = instance.concurrency_key
+            if self._worker is not None:
+                self._worker.wakeup.set()  # the lease is released: claim it again (here or elsewhere)
+            else:
+                self._requeue[pk] = instance.concurrency_key
         elif result == "waiting" and finish.wake_at:
             self._note_timer(finish.wake_at)
         self._notify(pk)
+        return True
 
     def _finish(self, journal: Journal, outcome: Outcome) -> RunFinish:
         now = self.clock.now_ms()

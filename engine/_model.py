@@ -163,6 +163,14 @@ class EngineConfig:
     """Largest page of list_instances."""
     timer_batch: int = 1_000
     """Due timers claimed per scheduler pass."""
+    lease_ms: int = 15_000
+    """Shared stores (PostgreSQL): how long a claimed instance stays leased to its worker without a
+    heartbeat; a worker that dies loses its instances to other workers after at most this long."""
+    heartbeat_ms: int = 3_000
+    """Shared stores: how often a worker renews the leases of its runs in flight (well below ``lease_ms``)."""
+    poll_interval_ms: int = 1_000
+    """Shared stores: how often a worker looks for work when no notification arrived (the fallback
+    for a lost LISTEN connection, expired leases and timers set by other workers)."""
     default_step_config: StepConfig = DEFAULT_STEP_CONFIG
     """Step configuration when a step gives none."""
 
@@ -171,11 +179,17 @@ class EngineConfig:
             "busy_timeout_ms", "max_concurrency", "max_concurrency_per_key", "max_step_name_length",
             "max_steps", "max_params_bytes", "max_result_bytes", "max_event_bytes", "max_batch",
             "max_sleep_ms", "max_event_timeout_ms", "default_event_timeout_ms", "default_retention_ms",
-            "purge_interval_ms", "max_buffered_events", "max_list_limit", "timer_batch",
+            "purge_interval_ms", "max_buffered_events", "max_list_limit", "timer_batch", "lease_ms",
+            "heartbeat_ms", "poll_interval_ms",
         ):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"EngineConfig.{name} must be a positive integer, got {value!r}")
+        if self.heartbeat_ms >= self.lease_ms:
+            raise ValueError(
+                f"EngineConfig.heartbeat_ms ({self.heartbeat_ms}) must be less than lease_ms ({self.lease_ms}): "
+                "leases would expire between heartbeats"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +224,10 @@ class Instance:
     """Next timer (epoch ms) while sleeping or waiting; None otherwise."""
     retention_ms: int | None
     generation: int
-    """Incremented by restart/terminate; a run of an older generation can no longer commit."""
+    """Incremented by restart/terminate (and by a lease takeover on a shared store); a run of an older
+    generation can no longer commit."""
+    affinity: str = ""
+    """The opaque affinity label given at creation (see ``CreateRequest.affinity``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +260,9 @@ class CreateRequest:
     """Instances sharing a key share ``max_concurrency_per_key`` and are scheduled fairly against other keys."""
     retention_ms: int | None = None
     """Keep this instance this long after it finishes (default: EngineConfig.default_retention_ms)."""
+    affinity: str = ""
+    """An opaque label; workers of a shared store prefer instances whose label their
+    ``preferred_affinity`` returns (e.g. code they hold warm). It never affects correctness."""
 
 
 @dataclass(frozen=True, slots=True)

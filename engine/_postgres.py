@@ -14,11 +14,25 @@ another process cannot slip between the check and the write. ``take_event``, ``c
 (stale generation, not live) are returned as ``Refused`` before anything is written, so batches
 need no savepoints in the common case; journal writes and run starts are ``Mergeable`` (one
 statement for all of a batch's).
+
+Many workers. A ready instance runs only in the worker holding its lease (``lease_owner``,
+``lease_until`` in the server's epoch ms, so workers' clocks never matter). ``claim_ready`` is one
+short transaction serialized by an advisory lock: it reads the live leases per concurrency key and
+the ready, unleased instances ranked per key (``row_number() OVER (PARTITION BY ckey)``), picks
+fairly and within every key's limit in Python (``key_limit`` is a Python callable), then leases the
+picks with ``UPDATE ... WHERE pk IN (SELECT ... FOR UPDATE SKIP LOCKED)``. Serializing claims is what
+makes per-key limits hold across workers (two claimers would otherwise both see a free slot); a
+claim takes about a millisecond, and one claim leases a whole batch. Taking over an expired lease
+bumps the generation, so the old holder's writes are refused like those of a restarted run.
+``finish_run`` releases the lease; a generation bump (restart, terminate, delete) clears it.
+Writes that make work ready or must reach a run in another worker send ``pg_notify`` inside their
+transaction (delivered at COMMIT); ``listen`` hands them to the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -38,16 +52,57 @@ from ._sqlite import (
     _row_to_step,
 )
 from ._store import (
-    EngineStore,
+    Claim,
     FinishResult,
+    LeaseState,
     NewInstance,
     RunFinish,
+    SharedEngineStore,
     StaleRunError,
     StepEntry,
     StoredInstance,
 )
 
 log = logging.getLogger(__name__)
+
+_SERVER_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+"""The server's clock in epoch ms: leases are judged by one clock, whatever the workers' clocks say."""
+_CANDIDATES = f"""
+WITH ready AS (
+    SELECT pk, ckey, affinity, row_number() OVER (PARTITION BY ckey ORDER BY pk) AS rn
+    FROM instances
+    WHERE wake_at = 0 AND (lease_owner IS NULL OR lease_until < {_SERVER_MS}) AND pk <> ALL($3::bigint[])
+)
+SELECT pk, ckey, affinity = ANY($4::text[]) FROM ready
+WHERE rn <= $2 AND ($5 OR affinity = ANY($4::text[]))
+ORDER BY rn, pk LIMIT $1
+"""
+_LIVE_LEASES = f"""
+SELECT ckey, COUNT(*) FROM instances WHERE lease_owner IS NOT NULL AND lease_until >= {_SERVER_MS}
+AND ckey = ANY($1::text[]) GROUP BY ckey
+"""
+_LEASE = f"""
+UPDATE instances SET lease_owner = $1, lease_until = {_SERVER_MS} + $2,
+    generation = generation + (lease_owner IS NOT NULL)::int
+WHERE pk IN (SELECT pk FROM instances WHERE pk = ANY($3::bigint[]) AND wake_at = 0
+             AND (lease_owner IS NULL OR lease_until < {_SERVER_MS}) FOR UPDATE SKIP LOCKED)
+RETURNING pk, ckey, generation
+"""
+_PAUSE = f"""
+WITH cur AS (
+    SELECT pk, (lease_owner IS NOT NULL AND lease_until >= {_SERVER_MS}) AS leased
+    FROM instances WHERE pk = $1 FOR UPDATE
+)
+UPDATE instances i SET
+    status = CASE WHEN cur.leased THEN 'waitingForPause' ELSE 'paused' END,
+    wake_at = CASE WHEN cur.leased THEN i.wake_at END,
+    paused_wake_at = CASE WHEN cur.leased THEN i.paused_wake_at ELSE COALESCE(i.wake_at, 0) END,
+    lease_owner = CASE WHEN cur.leased THEN i.lease_owner END,
+    lease_until = CASE WHEN cur.leased THEN i.lease_until END,
+    updated_at = $2
+FROM cur WHERE i.pk = cur.pk AND i.status = ANY($3::text[])
+RETURNING {", ".join("i." + c.strip() for c in _INSTANCE_COLUMNS.split(","))}
+"""
 
 _STEP_UPSERT = """
 ON CONFLICT (instance_pk, seq) DO UPDATE SET
@@ -134,7 +189,11 @@ async def _keep_session(conn: Any) -> None:
     """Pool reset: nothing to undo (no session state is changed), so skip asyncpg's RESET ALL round trip."""
 
 
-class PostgresStore(EngineStore):
+def _channel(schema: str) -> str:
+    return f"tenantflow_{schema}"[:63]  # pg_notify refuses longer channel names
+
+
+class PostgresStore(SharedEngineStore):
     """The scale-out store: tables in one schema of a PostgreSQL database (asyncpg).
 
     ``config`` is accepted for symmetry with ``SqliteStore``; durability follows the server's
@@ -156,6 +215,11 @@ class PostgresStore(EngineStore):
         self._read_pool: Any = None
         self._write_pool: Any = None
         self._committer: GroupCommitter | None = None
+        self.channel = _channel(self.schema)
+        """The LISTEN/NOTIFY channel of this schema's workers."""
+        self._listener: Any = None
+        self._on_notify: Callable[[str], None] | None = None
+        self._settings = {"search_path": self.schema, "jit": "off", "application_name": "tenantflow-engine"}
 
     async def open(self) -> None:
         if self._committer is not None:
@@ -166,7 +230,7 @@ class PostgresStore(EngineStore):
             raise ImportError(
                 'the PostgreSQL engine store needs asyncpg: pip install "tenantflow[postgres]"'
             ) from exc
-        settings = {"search_path": self.schema, "jit": "off", "application_name": "tenantflow-engine"}
+        settings = self._settings
         conn = await asyncpg.connect(self.dsn, server_settings=settings)
         try:
             await migrate(conn, self.schema)
@@ -188,6 +252,10 @@ class PostgresStore(EngineStore):
         self._committer = GroupCommitter(self._write_pool)
 
     async def aclose(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await listener.close(timeout=5)
         committer, self._committer = self._committer, None
         if committer is not None:
             await committer.aclose()
@@ -212,14 +280,16 @@ class PostgresStore(EngineStore):
     # -- instances -----------------------------------------------------------------------------
 
     async def insert_instances(self, rows: Sequence[NewInstance]) -> list[int]:
-        fields = ("namespace", "id", "workflow", "params", "concurrency_key", "created_at", "retention_ms")
+        fields = (
+            "namespace", "id", "workflow", "params", "concurrency_key", "created_at", "retention_ms", "affinity"
+        )  # fmt: skip
         columns = [[getattr(r, name) for r in rows] for name in fields]
         sql = (
             "INSERT INTO instances (ns, id, workflow, status, params, ckey, created_at, updated_at, wake_at, "
-            "retention_ms) SELECT ns, id, workflow, 'queued', params, ckey, created_at, created_at, 0, retention "
-            "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[]) "
-            "AS r(ns, id, workflow, params, ckey, created_at, retention) "
-            "ON CONFLICT (ns, id) DO NOTHING RETURNING pk, ns, id"
+            "retention_ms, affinity) SELECT ns, id, workflow, 'queued', params, ckey, created_at, created_at, 0, "
+            "retention, affinity FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], "
+            "$6::bigint[], $7::bigint[], $8::text[]) AS r(ns, id, workflow, params, ckey, created_at, retention, "
+            "affinity) ON CONFLICT (ns, id) DO NOTHING RETURNING pk, ns, id"
         )
 
         async def op(conn: Any) -> list[int]:
@@ -227,6 +297,7 @@ class PostgresStore(EngineStore):
             for r in rows:
                 if (r.namespace, r.id) not in inserted:
                     raise InstanceExistsError(r.namespace, r.id)  # rolls back the rows before it
+            await self._notify_in(conn, "r")
             return [inserted[(r.namespace, r.id)] for r in rows]
 
         result: list[int] = await self._write(op)
@@ -299,8 +370,8 @@ class PostgresStore(EngineStore):
         sets = [f"{column} = ${n}" for n, column in enumerate(changes, start=1)]
         n = len(values)
         sets.append(f"updated_at = ${n + 1}")
-        if bump_generation:
-            sets.append("generation = generation + 1")
+        if bump_generation:  # fences the run in flight, wherever it runs; its lease goes with it
+            sets.extend(("generation = generation + 1", "lease_owner = NULL", "lease_until = NULL"))
         sql = (
             f"UPDATE instances SET {', '.join(sets)} WHERE pk = ${n + 2} "
             f"AND status = ANY(${n + 3}::text[]) RETURNING {_INSTANCE_COLUMNS}"
@@ -309,7 +380,14 @@ class PostgresStore(EngineStore):
 
         async def op(conn: Any) -> StoredInstance | None:
             row = await conn.fetchrow(sql, *values, now, pk, statuses)
-            return None if row is None else _row_to_instance(row)
+            if row is None:
+                return None
+            stored = _row_to_instance(row)
+            if bump_generation:
+                await self._notify_in(conn, f"a:{pk}:{stored.instance.generation}")
+            if changes.get("wake_at") == 0:
+                await self._notify_in(conn, "r")
+            return stored
 
         result: StoredInstance | None = await self._write(op)
         return result
@@ -386,8 +464,8 @@ class PostgresStore(EngineStore):
             if finish.kind != "suspended":
                 await conn.execute(
                     "UPDATE instances SET status = $1, output = $2, error_name = $3, error_message = $4, "
-                    "ended_at = $5, updated_at = $5, wake_at = NULL, waiting_event = NULL, purge_at = $6 "
-                    "WHERE pk = $7",
+                    "ended_at = $5, updated_at = $5, wake_at = NULL, waiting_event = NULL, purge_at = $6, "
+                    "lease_owner = NULL, lease_until = NULL WHERE pk = $7",
                     "complete" if finish.kind == "complete" else "errored", finish.output, finish.error_name,
                     finish.error_message, finish.now, finish.purge_at, pk,
                 )  # fmt: skip
@@ -403,12 +481,13 @@ class PostgresStore(EngineStore):
             if status == "waitingForPause":
                 await conn.execute(
                     "UPDATE instances SET status = 'paused', wake_at = NULL, paused_wake_at = $1, "
-                    "waiting_event = $2, updated_at = $3 WHERE pk = $4",
+                    "waiting_event = $2, updated_at = $3, lease_owner = NULL, lease_until = NULL WHERE pk = $4",
                     wake_at, finish.waiting_event, finish.now, pk,
                 )  # fmt: skip
                 return "paused"
             await conn.execute(
-                "UPDATE instances SET status = $1, wake_at = $2, waiting_event = $3, updated_at = $4 WHERE pk = $5",
+                "UPDATE instances SET status = $1, wake_at = $2, waiting_event = $3, updated_at = $4, "
+                "lease_owner = NULL, lease_until = NULL WHERE pk = $5",
                 "queued" if wake_at == 0 else "waiting", wake_at, finish.waiting_event, finish.now, pk,
             )  # fmt: skip
             return "requeue" if wake_at == 0 else "waiting"
@@ -456,6 +535,7 @@ class PostgresStore(EngineStore):
             )  # fmt: skip
             if row[0] == "waiting" and row[1] == event_type and row[2]:
                 await conn.execute("UPDATE instances SET wake_at = 0, updated_at = $1 WHERE pk = $2", now, pk)
+                await self._notify_in(conn, "r")
                 return True
             return False
 
@@ -472,6 +552,8 @@ class PostgresStore(EngineStore):
                 "RETURNING pk, ckey) SELECT pk, ckey FROM due ORDER BY pk",
                 now, limit,
             )  # fmt: skip
+            if rows:
+                await self._notify_in(conn, "r")
             return [(r[0], r[1]) for r in rows]
 
         result: list[tuple[int, str]] = await self._write(op)
@@ -531,3 +613,128 @@ class PostgresStore(EngineStore):
 
         result: list[StepEntry] = await self._read(fn)
         return result
+
+    # -- many workers: leases and notifications ----------------------------------------------------
+
+    async def _notify_in(self, conn: Any, message: str) -> None:
+        """Notify inside the caller's transaction: delivered at its COMMIT, dropped with a rollback."""
+        await conn.execute("SELECT pg_notify($1, $2)", self.channel, message)
+
+    async def claim_ready(
+        self,
+        worker: str,
+        limit: int,
+        *,
+        lease_ms: int,
+        max_per_key: int,
+        key_limit: Callable[[str], int] | None,
+        preferred: Collection[str],
+        exclude: Collection[int],
+    ) -> list[Claim]:
+        wanted = sorted(set(preferred))
+        busy = list(exclude)
+
+        async def fn(conn: Any) -> list[Claim]:
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"tenantflow:claim:{self.schema}"
+                )
+                half = max(1, limit // 2)
+                passes: list[list[Any]] = []
+                if wanted:  # preferred first, ranked per key like the rest, at most half the capacity
+                    passes.append(await conn.fetch(_CANDIDATES, half, max_per_key, busy, wanted, False))
+                passes.append(await conn.fetch(_CANDIDATES, limit + half, max_per_key, busy, wanted, True))
+                keys = sorted({r[1] for rows in passes for r in rows})
+                if not keys:
+                    return []
+                live = {r[0]: r[1] for r in await conn.fetch(_LIVE_LEASES, keys)}
+                picked: dict[int, bool] = {}
+                for rows in passes:
+                    for pk, key, is_preferred in rows:
+                        if len(picked) >= limit:
+                            break
+                        cap = max_per_key if key_limit is None else min(max_per_key, max(1, key_limit(key)))
+                        if pk in picked or live.get(key, 0) >= cap:
+                            continue
+                        live[key] = live.get(key, 0) + 1
+                        picked[pk] = is_preferred
+                if not picked:
+                    return []
+                leased = await conn.fetch(_LEASE, worker, lease_ms, list(picked))
+                rank = {pk: n for n, pk in enumerate(picked)}  # start them in the order picked
+                return [
+                    Claim(r[0], r[1], r[2], picked[r[0]]) for r in sorted(leased, key=lambda r: rank[r[0]])
+                ]
+
+        result: list[Claim] = await self._read(fn)
+        return result
+
+    async def renew_leases(self, worker: str, pks: Collection[int], lease_ms: int) -> dict[int, LeaseState]:
+        async def fn(conn: Any) -> dict[int, LeaseState]:
+            rows = await conn.fetch(
+                f"UPDATE instances SET lease_until = {_SERVER_MS} + $2 WHERE pk = ANY($3::bigint[]) "
+                "AND lease_owner = $1 RETURNING pk, generation, status",
+                worker, lease_ms, list(pks),
+            )  # fmt: skip
+            return {r[0]: LeaseState(r[1], r[2]) for r in rows}
+
+        result: dict[int, LeaseState] = await self._read(fn)
+        return result
+
+    async def release_lease(self, worker: str, pk: int, generation: int) -> None:
+        async def fn(conn: Any) -> None:
+            await conn.execute(
+                "UPDATE instances SET lease_owner = NULL, lease_until = NULL WHERE pk = $1 AND lease_owner = $2 "
+                "AND generation = $3",
+                pk, worker, generation,
+            )  # fmt: skip
+
+        await self._read(fn)
+
+    async def release_all(self, worker: str) -> None:
+        async def fn(conn: Any) -> None:
+            status: str = await conn.execute(
+                "UPDATE instances SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1", worker
+            )
+            if status != "UPDATE 0":
+                await conn.execute("SELECT pg_notify($1, 'r')", self.channel)
+
+        await self._read(fn)
+
+    async def request_pause(self, pk: int, now: int) -> StoredInstance | None:
+        async def op(conn: Any) -> StoredInstance | None:
+            row = await conn.fetchrow(_PAUSE, pk, now, list(_LIVE))
+            if row is None:
+                return None
+            stored = _row_to_instance(row)
+            if stored.instance.status == "waitingForPause":
+                await self._notify_in(conn, f"p:{pk}")
+            return stored
+
+        result: StoredInstance | None = await self._write(op)
+        return result
+
+    async def notify(self, message: str) -> None:
+        async def fn(conn: Any) -> None:
+            await conn.execute("SELECT pg_notify($1, $2)", self.channel, message)
+
+        await self._read(fn)
+
+    async def listen(self, callback: Callable[[str], None]) -> bool:
+        self._on_notify = callback
+        if self._listener is not None and not self._listener.is_closed():
+            return True
+        import asyncpg
+
+        try:
+            conn = await asyncpg.connect(self.dsn, server_settings=self._settings)
+            await conn.add_listener(self.channel, self._deliver)
+        except Exception as exc:  # polling covers for it; the engine calls again on its next poll
+            log.warning("LISTEN %s failed (%s); polling until it works", self.channel, exc)
+            return False
+        self._listener = conn
+        return True
+
+    def _deliver(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if self._on_notify is not None:
+            self._on_notify(payload)

@@ -75,6 +75,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX ix_events_pending ON events (instance_pk, type, pk) WHERE consumed_seq IS NULL;
     CREATE INDEX ix_events_instance ON events (instance_pk, consumed_seq);
     """,
+    # 2: leases for many workers (owner, expiry in server epoch ms) and the affinity label.
+    """
+    ALTER TABLE instances ADD COLUMN affinity TEXT NOT NULL DEFAULT '';
+    ALTER TABLE instances ADD COLUMN lease_owner TEXT;
+    ALTER TABLE instances ADD COLUMN lease_until BIGINT;
+    CREATE INDEX ix_instances_ready ON instances (ckey, pk) WHERE wake_at = 0;
+    CREATE INDEX ix_instances_leased ON instances (lease_owner, ckey) WHERE lease_owner IS NOT NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -39,7 +39,9 @@ from ._store import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Applied in order to databases at an older version (index 0 takes version 1 to 2).
+_MIGRATIONS = ("ALTER TABLE instances ADD COLUMN affinity TEXT NOT NULL DEFAULT ''",)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
     pk INTEGER PRIMARY KEY,
@@ -99,7 +101,7 @@ CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 """
 _INSTANCE_COLUMNS = (
     "pk, ns, id, workflow, status, params, output, error_name, error_message, ckey, created_at, started_at, "
-    "ended_at, updated_at, wake_at, paused_wake_at, waiting_event, retention_ms, generation"
+    "ended_at, updated_at, wake_at, paused_wake_at, waiting_event, retention_ms, generation, affinity"
 )
 _STEP_COLUMNS = (
     "seq, type, name, count, state, start_at, end_at, output, error_name, error_message, wake_at, "
@@ -137,6 +139,7 @@ def _row_to_instance(row: Sequence[Any]) -> StoredInstance:
         wake_at=row[14] if row[14] else None,
         retention_ms=row[17],
         generation=row[18],
+        affinity=row[19],
     )
     return StoredInstance(row[0], instance, row[15], row[16], row[14])
 
@@ -266,14 +269,20 @@ class SqliteStore(EngineStore):
         writer = await self._connect()
         await writer.executescript(_SCHEMA)
         row = await (await writer.execute("SELECT version FROM schema_version")).fetchone()
-        if row is None:
-            await writer.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-        elif row[0] > SCHEMA_VERSION:
+        if row is None:  # a new file: the script created version 1
+            await writer.execute("INSERT INTO schema_version (version) VALUES (1)")
+        found: int = 1 if row is None else row[0]
+        if found > SCHEMA_VERSION:
             await writer.close()
             raise RuntimeError(
-                f"{self.path} has engine schema version {row[0]}, newer than this tenantflow "
+                f"{self.path} has engine schema version {found}, newer than this tenantflow "
                 f"({SCHEMA_VERSION}); upgrade tenantflow"
             )
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            await writer.execute("BEGIN IMMEDIATE")
+            await writer.execute(_MIGRATIONS[version - 2])
+            await writer.execute("UPDATE schema_version SET version = ?", (version,))
+            await writer.execute("COMMIT")
         self._writer_db = writer
         self._reader_db = await self._connect()
         await self._reader_db.execute("PRAGMA query_only = ON")
@@ -317,9 +326,9 @@ class SqliteStore(EngineStore):
                 try:
                     cur = conn.execute(
                         "INSERT INTO instances (ns, id, workflow, status, params, ckey, created_at, updated_at, "
-                        "wake_at, retention_ms) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, 0, ?)",
+                        "wake_at, retention_ms, affinity) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, 0, ?, ?)",
                         (r.namespace, r.id, r.workflow, r.params, r.concurrency_key, r.created_at, r.created_at,
-                         r.retention_ms),
+                         r.retention_ms, r.affinity),
                     )  # fmt: skip
                 except sqlite3.IntegrityError:
                     raise InstanceExistsError(r.namespace, r.id) from None

@@ -11,12 +11,17 @@ at that epoch-ms time (sleep, retry delay, event timeout).
 Every write made on behalf of a run carries the generation the run started with; when restart,
 terminate or delete bumped it in the meantime the write is refused with ``StaleRunError`` and the
 run is abandoned. A step result is durable when ``save_step`` returns.
+
+A store several engine processes share (PostgreSQL) is a ``SharedEngineStore``: there "ready"
+(``wake_at = 0``) is not enough to run an instance, a worker must also hold its lease
+(``claim_ready``). A takeover of an expired lease bumps the generation, which fences the writes of
+the worker that lost it exactly as a restart does.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -65,6 +70,7 @@ class NewInstance:
     concurrency_key: str
     created_at: int
     retention_ms: int | None
+    affinity: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,3 +222,74 @@ class EngineStore(abc.ABC):
     @abc.abstractmethod
     async def journal(self, pk: int) -> list[StepEntry]:
         """The journal of an instance (for the step log)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An instance leased to this worker by ``claim_ready``."""
+
+    pk: int
+    key: str
+    generation: int
+    """The generation the run must write with (bumped when an expired lease was taken over)."""
+    preferred: bool
+    """Its affinity was one of the worker's preferred ones."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseState:
+    """A lease the worker still holds, as renewed by ``renew_leases``."""
+
+    generation: int
+    status: str
+
+
+class SharedEngineStore(EngineStore):
+    """A store shared by several engine processes: runs are leased (see the module note).
+
+    Notifications (``notify`` and those the store sends itself inside its writes) are short strings:
+    ``r`` (something became ready), ``a:PK:GEN`` (runs of PK older than GEN must stop),
+    ``p:PK`` / ``u:PK`` (a pause of PK was requested / cancelled).
+    """
+
+    @abc.abstractmethod
+    async def claim_ready(
+        self,
+        worker: str,
+        limit: int,
+        *,
+        lease_ms: int,
+        max_per_key: int,
+        key_limit: Callable[[str], int] | None,
+        preferred: Collection[str],
+        exclude: Collection[int],
+    ) -> list[Claim]:
+        """Lease up to ``limit`` ready instances that nobody holds (or whose lease expired), fairly
+        between keys, never exceeding a key's limit counted over ALL workers' live leases.
+        Instances whose affinity is in ``preferred`` go first, up to half of ``limit``."""
+
+    @abc.abstractmethod
+    async def renew_leases(self, worker: str, pks: Collection[int], lease_ms: int) -> dict[int, LeaseState]:
+        """Extend this worker's leases; returns the ones it still holds."""
+
+    @abc.abstractmethod
+    async def release_lease(self, worker: str, pk: int, generation: int) -> None:
+        """Give up a lease without finishing the run (``finish_run`` releases it otherwise)."""
+
+    @abc.abstractmethod
+    async def release_all(self, worker: str) -> None:
+        """Give up every lease of this worker (a clean shutdown: others take over at once)."""
+
+    @abc.abstractmethod
+    async def request_pause(self, pk: int, now: int) -> StoredInstance | None:
+        """Atomically: a leased (running) instance becomes ``waitingForPause`` (its worker is told),
+        any other live one ``paused``. None when it is not live."""
+
+    @abc.abstractmethod
+    async def notify(self, message: str) -> None:
+        """Send a notification to every listening worker."""
+
+    @abc.abstractmethod
+    async def listen(self, callback: Callable[[str], None]) -> bool:
+        """Deliver notifications to ``callback`` (idempotent; reconnects a lost listener).
+        False when not listening (the caller polls meanwhile)."""

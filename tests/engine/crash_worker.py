@@ -60,7 +60,9 @@ def main(effects: str, mode: str, backend: str, *where: str) -> None:
 
     async def run() -> None:
         executor = FunctionExecutor({"five": five})
-        async with Engine(open_store(backend, *where), executor, config=EngineConfig()) as engine:
+        # Short leases: on PostgreSQL the recovery process takes the dead one's instances over at expiry.
+        config = EngineConfig(lease_ms=1_500, heartbeat_ms=300)
+        async with Engine(open_store(backend, *where), executor, config=config) as engine:
             if mode != "none":
                 await engine.create_batch("crash", [CreateRequest("five", id=i) for i in INSTANCES])
             outputs = {i: (await engine.wait("crash", i, timeout=30)).output for i in INSTANCES}
