@@ -168,6 +168,7 @@ class Platform:
         )
         self._sweeper: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._started = False
 
     @classmethod
     async def open(
@@ -230,6 +231,7 @@ class Platform:
         return platform
 
     async def start(self) -> None:
+        self._started = True
         await self.engine.start()
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="tenantflow-cache-sweeper")
         if self._tenant_refresh_seconds is not None:
@@ -244,7 +246,10 @@ class Platform:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._sweeper = self._refresher = None
-        await self.engine.aclose()
+        if self._started:
+            await self.engine.aclose()
+        else:  # never started (start=False): the store may still be open (PostgreSQL opens eagerly)
+            await self.engine.store.aclose()
         await self.cache.aclose()
         for bindings in self._bindings.values():
             close = getattr(bindings, "close", None)
@@ -799,7 +804,9 @@ async def _open_postgres(
     shown = redact_dsn(dsn)
     if not dsn.startswith(("postgresql://", "postgres://")):
         raise DatabaseUnavailableError(shown, "expected a DSN like postgresql://user@host:5432/dbname")
-    check_schema_name(schema + "_artifacts")  # the longest of the three names
+    check_schema_name(schema)
+    if len(schema) > 53:  # room for the longest suffix, "_artifacts"
+        raise ValueError(f"PostgreSQL schema prefix {schema!r} is too long: at most 53 characters")
     asyncpg = import_asyncpg()
     opened: list[Any] = []
     try:

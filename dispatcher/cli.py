@@ -1,7 +1,8 @@
 """The ``tenantflow`` command line.
 
-``serve`` runs the API and the engine in one process; ``demo`` runs a self-contained tour; every
-other command is a client of a running server (``TENANTFLOW_URL``, default ``http://127.0.0.1:8787``,
+``serve`` runs the API and the engine in one process (``--db postgresql://...`` puts every store in
+PostgreSQL, ``--no-worker`` serves the API only); ``worker`` runs instances from that database without
+HTTP; ``demo`` runs a self-contained tour; every other command is a client of a running server (``TENANTFLOW_URL``, default ``http://127.0.0.1:8787``,
 with ``TENANTFLOW_TOKEN``). ``--json`` on any command prints machine-readable output.
 """
 
@@ -61,6 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
     )
     serve.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    _database_options(serve)
+    serve.add_argument(
+        "--no-worker", action="store_true", help="API only: never run instances (needs --db; run workers)"
+    )
+
+    worker = sub.add_parser(
+        "worker", help="run instances from a shared PostgreSQL database (no HTTP)",
+        description="Claim and run instances from a PostgreSQL database shared with tenantflow serve.",
+    )  # fmt: skip
+    _database_options(worker)
+    worker.add_argument(
+        "--data-dir", help="local caches (default: $TENANTFLOW_DATA_DIR or ~/.local/share/tenantflow)"
+    )
+    worker.add_argument(
+        "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
+    )
 
     demo = sub.add_parser(
         "demo", help="a zero-configuration tour: three tenants, both backends, live progress"
@@ -154,6 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _database_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("shared database (scale-out)")
+    group.add_argument(
+        "--db",
+        metavar="DSN",
+        help="PostgreSQL DSN, e.g. postgresql://user@host:5432/db (default: $TENANTFLOW_DB)",
+    )
+    group.add_argument(
+        "--schema", default="tenantflow",
+        help="schema prefix: stores go in PREFIX_engine, PREFIX_artifacts, PREFIX_control (default: tenantflow)",
+    )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -165,6 +195,14 @@ def main(argv: list[str] | None = None) -> int:
             from ._cli._serve import serve
 
             return serve(args)
+        if args.command == "worker":
+            import logging
+
+            from ._cli._worker import worker
+
+            logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                                format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+            return worker(args)
         if args.command == "demo":
             from ._cli._demo import demo
 
