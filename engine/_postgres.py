@@ -670,11 +670,17 @@ class PostgresStore(SharedEngineStore):
         return result
 
     async def renew_leases(self, worker: str, pks: Collection[int], lease_ms: int) -> dict[int, LeaseState]:
+        # SKIP LOCKED: a row this worker's own group commit holds right now is renewed next time
+        # (waiting for it could deadlock with that batch, which locks rows in another order).
         async def fn(conn: Any) -> dict[int, LeaseState]:
-            rows = await conn.fetch(
-                f"UPDATE instances SET lease_until = {_SERVER_MS} + $2 WHERE pk = ANY($3::bigint[]) "
-                "AND lease_owner = $1 RETURNING pk, generation, status",
+            await conn.execute(
+                f"UPDATE instances SET lease_until = {_SERVER_MS} + $2 WHERE pk IN (SELECT pk FROM instances "
+                "WHERE pk = ANY($3::bigint[]) AND lease_owner = $1 FOR UPDATE SKIP LOCKED)",
                 worker, lease_ms, list(pks),
+            )  # fmt: skip
+            rows = await conn.fetch(
+                "SELECT pk, generation, status FROM instances WHERE pk = ANY($2::bigint[]) AND lease_owner = $1",
+                worker, list(pks),
             )  # fmt: skip
             return {r[0]: LeaseState(r[1], r[2]) for r in rows}
 
