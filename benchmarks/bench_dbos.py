@@ -3,7 +3,7 @@ WAL mode, the same machine, the same run (``pip install -e ".[bench]"`` for ``db
 
     python -m benchmarks dbos [--quick]
 
-Figures, each a median over 5 runs (min, max) for both systems, measured alternately (a DBOS run,
+Figures, each a median over 5 runs (1 with ``--quick``) (min, max) for both systems, measured alternately (a DBOS run,
 then a tenantflow run, ...) so that machine load hits both alike, plus the ratios
 tenantflow/DBOS of the medians:
 - ``latency_10_step_ms``: one workflow, start to result, p50 of sequential workflows;
@@ -110,9 +110,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         import dbos  # noqa: F401
     except ImportError:
         return {"skipped": 'dbos is not installed: pip install -e ".[bench]"'}
-    runs = 5
+    runs = 1 if quick else 5
     sequential = 20 if quick else 100
-    concurrent = 200 if quick else 1_000
+    concurrent = 100 if quick else 1_000
     dbos_runs, tf_runs = [], []
     for _ in range(runs):
         dbos_runs.append(_dbos_run(sequential, concurrent))

@@ -341,7 +341,7 @@ def _http_rate_run(count: int, connections: int = 4) -> float:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    runs = 5
+    runs = 2 if quick else 5
     sequential = 20 if quick else 100
     concurrent = 200 if quick else 1_000
     latency, steps_per_s, concurrent_s = [], [], []
@@ -356,7 +356,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         f"concurrent_{concurrent}x10_s": summary(concurrent_s),
         "concurrent_steps_per_s": summary([concurrent * 10 / s for s in concurrent_s], 1),
     }
-    cold = [in_platform(lambda p: _cold_start(p, 10 if quick else 30)) for _ in range(runs)]
+    cold = [in_platform(lambda p: _cold_start(p, 5 if quick else 30)) for _ in range(runs)]
     figures["cold_start_new_version_ms"] = summary([c["new_version_ms"] for c in cold])
     figures["cold_start_known_version_ms"] = summary([c["known_version_ms"] for c in cold])
     for backend in ("wasm", "restricted"):
@@ -372,9 +372,9 @@ def run(quick: bool = False) -> dict[str, Any]:
             for _ in range(runs)
         ]
         figures[f"{prefix}host_call_us"] = summary(calls, 1)
-    rate = [in_platform(lambda p: _create_rate(p, 2_000 if quick else 10_000)) for _ in range(runs)]
+    rate = [in_platform(lambda p: _create_rate(p, 1_000 if quick else 10_000)) for _ in range(runs)]
     figures["create_per_s_in_process"] = summary(rate, 0)
-    http = [_http_rate_run(2_000 if quick else 10_000) for _ in range(runs)]
+    http = [_http_rate_run(1_000 if quick else 10_000) for _ in range(runs)]
     figures["create_per_s_http"] = summary(http, 0)
     return figures
 
