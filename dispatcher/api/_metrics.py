@@ -100,6 +100,31 @@ async def render(platform: Platform, http: HttpMetrics) -> str:
         "tenantflow_steps_committed_total", "counter", "Step results committed by this process.",
         data["steps_committed"],
     )  # fmt: skip
+    affinity = data["affinity"]
+    metric("tenantflow_claims_total", "counter", "Instances this process's engine claimed to run.",
+           affinity["claims"])  # fmt: skip
+    metric("tenantflow_claims_preferred_total", "counter",
+           "Claims of instances whose tenant version this worker held warm (affinity).",
+           affinity["claims_preferred"])  # fmt: skip
+    if cache["hit_rate"] is not None:
+        metric(
+            "tenantflow_warm_hit_ratio",
+            "gauge",
+            "Cache hits / (hits + misses) since start.",
+            cache["hit_rate"],
+        )
+    if affinity["preferred_rate"] is not None:
+        metric("tenantflow_claims_preferred_ratio", "gauge", "claims_preferred / claims since start.",
+               affinity["preferred_rate"])  # fmt: skip
+    disk = data.get("artifact_cache")
+    if disk is not None:
+        for field, help_text in (("hits", "Artifacts read from the local disk cache."),
+                                 ("misses", "Artifacts fetched from the database."),
+                                 ("corrupt", "Local cache files that failed verification and were refetched.")):  # fmt: skip
+            metric(f"tenantflow_artifact_cache_{field}_total", "counter", help_text, disk[field])
+        metric(
+            "tenantflow_artifact_cache_bytes", "gauge", "Bytes in the local artifact cache.", disk["bytes"]
+        )
     counts = await instance_counts(platform)
     lines.append("# HELP tenantflow_instances Instances by status.")
     lines.append("# TYPE tenantflow_instances gauge")

@@ -31,6 +31,12 @@ async def test_order_flow_on_postgres(tmp_path: Path, pg_prefix: PgPrefix, backe
         assert platform.cache.stats.cold_starts >= 1 and platform.cache.stats.hits >= 1
         metrics = platform.metrics()
         assert metrics["artifact_cache"]["misses"] >= 1
+        from dispatcher.api._metrics import HttpMetrics, render
+
+        text = await render(platform, HttpMetrics())
+        for series in ("tenantflow_claims_total", "tenantflow_claims_preferred_total",
+                       "tenantflow_warm_hit_ratio", "tenantflow_artifact_cache_misses_total"):  # fmt: skip
+            assert f"\n{series} " in text, series
     finally:
         await platform.aclose()
     # Nothing but local caches in the data directory.

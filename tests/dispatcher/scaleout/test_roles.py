@@ -119,7 +119,7 @@ def test_an_api_only_server_and_two_worker_processes(tmp_path: Path, pg_prefix: 
             record = _wait_for(cli, f"o{n}", lambda r: r["status"] == "complete")
             assert record["status"] == "complete" and record["output"] == (n + 1) * 10, record
         metrics = httpx.get(f"{url}/metrics").text
-        assert "tenantflow_runs_started_total 0" in metrics
+        assert "tenantflow_runs_started_total 0" in metrics and "tenantflow_claims_total 0" in metrics
     finally:
         outputs = [_stop(process) for process in workers]
         api_out, api_err = _stop(api)
