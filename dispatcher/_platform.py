@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import inspect
 import logging
 import os
 import time
@@ -87,8 +85,6 @@ _LIVE = ("queued", "running", "waiting", "waitingForPause")
 MiB = 1024 * 1024
 # The engine's multi-worker API (issue 8: ``CreateRequest.affinity``, ``Engine(preferred_affinity=,
 # worker=)``) is landing in parallel; until it has, affinity is not recorded and API-only refuses.
-_ENGINE_AFFINITY = "affinity" in {f.name for f in dataclasses.fields(CreateRequest)}
-_ENGINE_ROLES = {"preferred_affinity", "worker"} <= set(inspect.signature(Engine).parameters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,15 +152,13 @@ class Platform:
         self.executor = TenantExecutor(
             tenant=self._tenant, bindings=self._bindings_for, cache=self.cache, logs=self.logs
         )
-        roles: dict[str, Any] = {}
-        if _ENGINE_ROLES:
-            roles = {"preferred_affinity": self.warm_affinity, "worker": worker}
-        elif not worker:
-            raise NotImplementedError(
-                "this engine has no API-only mode (Engine(worker=False)); run with the worker"
-            )
         self.engine = Engine(
-            engine_store, self.executor, config=engine_config, key_limit=self._concurrency_limit, **roles
+            engine_store,
+            self.executor,
+            config=engine_config,
+            key_limit=self._concurrency_limit,
+            preferred_affinity=self.warm_affinity,
+            worker=worker,
         )
         self._sweeper: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
@@ -466,9 +460,6 @@ class Platform:
         resolved = await self.resolve_version(principal, tenant_id, workflow, version)
         route = Route(tenant_id, workflow, resolved.digest)
         self._rates.take(tenant_id, tenant.policy.creation_rate, len(items))
-        extra: dict[str, Any] = (
-            {"affinity": affinity_tag(tenant_id, resolved.digest)} if _ENGINE_AFFINITY else {}
-        )
         requests = [
             CreateRequest(
                 workflow,
@@ -476,7 +467,7 @@ class Platform:
                 id=instance_id,
                 concurrency_key=tenant_id,
                 retention_ms=tenant.policy.retention_seconds * 1000,
-                **extra,
+                affinity=affinity_tag(tenant_id, resolved.digest),
             )
             for instance_id, params in items
         ]

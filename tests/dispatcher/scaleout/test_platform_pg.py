@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher import OPERATOR, DatabaseUnavailableError, Platform
-from dispatcher._platform import _ENGINE_AFFINITY, _ENGINE_ROLES, affinity_tag, redact_dsn
+from dispatcher._platform import affinity_tag, redact_dsn
 from engine import Status
 from sandbox import create_backend
 from tests.dispatcher.conftest import deploy, finish
@@ -67,7 +67,6 @@ async def test_state_is_shared_by_every_process_on_the_database(tmp_path: Path, 
         await second.aclose()
 
 
-@pytest.mark.skipif(not _ENGINE_AFFINITY, reason="the engine has no CreateRequest.affinity yet")
 async def test_instances_carry_their_affinity_tag(tmp_path: Path, pg_prefix: PgPrefix) -> None:
     backend = create_backend("inprocess")
     platform = await _open(tmp_path / "a", pg_prefix, backends={"wasm": backend, "restricted": backend})
@@ -85,7 +84,6 @@ async def test_instances_carry_their_affinity_tag(tmp_path: Path, pg_prefix: PgP
         await platform.aclose()
 
 
-@pytest.mark.skipif(not _ENGINE_ROLES, reason="the engine has no API-only mode (Engine(worker=False)) yet")
 async def test_an_api_only_platform_runs_nothing_and_a_worker_does(
     tmp_path: Path, pg_prefix: PgPrefix
 ) -> None:

@@ -13,18 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from dispatcher._platform import _ENGINE_ROLES
 from tests.dispatcher.cli.conftest import OPERATOR_TOKEN, TENANTFLOW, Cli, cli_env
 from tests.dispatcher.cli.test_serve_and_demo import _free_port
 
 from .conftest import PgPrefix
 
-pytestmark = [
-    pytest.mark.postgres,
-    pytest.mark.skipif(
-        not _ENGINE_ROLES, reason="the engine has no API-only mode (Engine(worker=False)) yet"
-    ),
-]
+pytestmark = [pytest.mark.postgres]
 OPERATOR = OPERATOR_TOKEN
 
 FLOW = """
