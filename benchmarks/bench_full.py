@@ -1,7 +1,28 @@
-"""Shared helpers of the full-stack benchmarks (``bench_full*.py``): a real ``dispatcher.Platform``
-(engine on SQLite, artifact store, control store, warm cache, real sandbox backend) in a temporary
-directory, with tenants whose policy lifts the per-tenant creation rate (the benchmarks measure the machine,
-not the default quota).
+"""tenantflow through the full stack: a real ``dispatcher.Platform`` (engine on SQLite, artifact store,
+control store, warm cache, the real sandbox backend) in a temporary directory, a tenant with real
+code deployed, instances created through ``Platform.create_instances``. The wasm backend unless a
+figure says ``restricted``; the engine at ``synchronous=FULL`` unless a figure says otherwise.
+
+    python -m benchmarks full [--quick]
+
+Figures (each the median over 5 runs of that run's p50 or total, with min and max; 2 runs with
+``--quick``):
+- ``latency_10_step_ms``: one 10-step workflow, create to complete (``engine.wait`` returns);
+- ``sequential_steps_per_s``: durable steps per second, one 10-step instance after another;
+- ``concurrent_<n>x10_s``: ``n`` instances created at once (batches of 100), until all complete;
+- ``cold_start_new_version_ms``: a freshly deployed version's first wake, bundle to ready sandbox
+  (fetch from the artifact store, verify, prepare the derived form, load), from ``CacheStats``;
+  ``cold_start_known_version_ms``: the same for a reload (derived form already stored);
+- ``warm_dispatch_us``: a no-step run on a warm sandbox at ``synchronous=OFF`` (fsync excluded by
+  configuration, not by subtraction): ``create_instances`` returned -> engine claim -> executor ->
+  outcome recorded -> waiter woken; ``warm_dispatch_executor_us``: the executor's share;
+- ``host_call_us``: one step host-call round trip (replayed step, see ``_host_call``);
+- ``create_per_s_in_process`` / ``create_per_s_http``: instances created per second, batches of
+  100 from 4 concurrent callers, in process and over HTTP to a uvicorn server on 127.0.0.1.
+
+Helpers here are shared by ``bench_full_tenants`` (PSS per warm tenant) and ``bench_full_sleepers``
+(a million sleeping instances) and ``bench_dbos``. Tenants get ``BENCH_POLICY`` and the platform
+``CACHE_OPTIONS`` (see each). Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -44,11 +65,19 @@ def engine_config(synchronous: str = "FULL") -> EngineConfig:
     )
 
 
+CACHE_OPTIONS: dict[str, Any] = {"pool_size": 100}
+"""Idle sandboxes kept per (tenant, version): as many as the tenant may run at once (its default
+``max_concurrent_instances``). With the default of 2, every wake beyond the second concurrent one
+loads a sandbox and closes it afterwards: 198 loads instead of 100 for 1,000 x 10 steps."""
+
+
 async def open_platform(
     data_dir: Path, *, synchronous: str = "FULL", cache_options: dict[str, Any] | None = None
 ) -> Platform:
     return await Platform.open(
-        data_dir, engine_config=engine_config(synchronous), cache_options=cache_options or {}
+        data_dir,
+        engine_config=engine_config(synchronous),
+        cache_options=CACHE_OPTIONS if cache_options is None else cache_options,
     )
 
 
