@@ -628,6 +628,14 @@ class Engine:
         finished = False
         try:
             finished = await self._execute(pk, generation)
+        except Exception as exc:
+            # A storage failure (a locked or full database): the journal holds everything committed,
+            # so run the instance again a little later instead of failing it. (Workers: the lease is
+            # released below, or expires, and the instance is claimed again.)
+            delay = self.config.storage_retry_ms / 1000
+            log.warning("instance run interrupted by a storage error (%s); retrying in %.1f s", exc, delay)
+            if self._worker is None:
+                asyncio.get_running_loop().call_later(delay, self._retry, pk, key)
         finally:
             active = self._active.pop(pk, None)
             if active is not None:
@@ -640,6 +648,10 @@ class Engine:
                 if requeue_key is not None:
                     self._ready.push(pk, requeue_key)
                 self._dispatch()
+
+    def _retry(self, pk: int, key: str) -> None:
+        if self._started:
+            self._enqueue(pk, key)
 
     async def _release(self, pk: int, generation: int | None, finished: bool) -> None:
         assert self._worker is not None and isinstance(self.store, SharedEngineStore)
@@ -678,6 +690,8 @@ class Engine:
         except Suspend:
             outcome = Suspended()
         except RunAborted:
+            if journal.store_error is not None:
+                raise journal.store_error from None
             return False
         except asyncio.CancelledError:
             if journal.aborted or not self._started:
@@ -688,6 +702,8 @@ class Engine:
         except Exception as exc:
             outcome = Failed(ErrorInfo(type(exc).__name__, str(exc)))
         if journal.aborted:
+            if journal.store_error is not None:
+                raise journal.store_error
             return False
         finish = self._finish(journal, outcome)
         if self._worker is not None:

@@ -144,6 +144,8 @@ class Journal:
         self.pause_requested = False
         self.steps_committed = 0
         """Step results this run committed (for metrics)."""
+        self.store_error: Exception | None = None
+        """A storage failure (locked or full database) that interrupted this run; the engine retries it."""
 
     # -- what the executor may read ------------------------------------------------------------
 
@@ -385,6 +387,8 @@ class Journal:
         except StaleRunError:
             self.aborted = True
             raise RunAborted from None
+        except Exception as exc:
+            self._storage_failed(exc)
         if taken is not None:
             self._boundary = now
             return {"payload": json.loads(taken[0]), "timestamp": iso_ms(taken[1]), "type": event_type}
@@ -462,6 +466,15 @@ class Journal:
         except StaleRunError:
             self.aborted = True
             raise RunAborted from None
+        except Exception as exc:
+            self._storage_failed(exc)
+
+    def _storage_failed(self, exc: Exception) -> NoReturn:
+        # Not the workflow's fault: abandon this run (nothing after the last commit is kept) and let
+        # the engine run it again once the database accepts writes.
+        self.store_error = exc
+        self.aborted = True
+        raise RunAborted from exc
 
     def _suspend(self, wake_at: int, event_type: str | None = None) -> NoReturn:
         self.suspension = (wake_at, event_type)

@@ -161,6 +161,8 @@ class EngineConfig:
     """Unconsumed events buffered per instance."""
     max_list_limit: int = 1_000
     """Largest page of list_instances."""
+    storage_retry_ms: int = 1_000
+    """How long a run interrupted by a storage error (a locked or full database) waits before it runs again."""
     timer_batch: int = 1_000
     """Due timers claimed per scheduler pass."""
     lease_ms: int = 15_000
@@ -179,7 +181,7 @@ class EngineConfig:
             "busy_timeout_ms", "max_concurrency", "max_concurrency_per_key", "max_step_name_length",
             "max_steps", "max_params_bytes", "max_result_bytes", "max_event_bytes", "max_batch",
             "max_sleep_ms", "max_event_timeout_ms", "default_event_timeout_ms", "default_retention_ms",
-            "purge_interval_ms", "max_buffered_events", "max_list_limit", "timer_batch", "lease_ms",
+            "purge_interval_ms", "max_buffered_events", "max_list_limit", "timer_batch", "storage_retry_ms", "lease_ms",
             "heartbeat_ms", "poll_interval_ms",
         ):  # fmt: skip
             value = getattr(self, name)

@@ -7,6 +7,7 @@ import pytest
 
 from engine import (
     CreateRequest,
+    EngineConfig,
     EngineValidationError,
     InstanceExistsError,
     InstanceNotFoundError,
@@ -206,3 +207,26 @@ async def test_a_run_can_pause_its_own_instance_and_params_can_be_replaced(harne
     assert done.output == "go on"
     with pytest.raises(InvalidTransitionError, match="cannot change the params of"):
         await engine.replace_params(NS, instance.id, "too late")
+
+
+async def test_a_storage_error_during_a_run_is_retried_not_fatal(harness: Harness) -> None:
+    @harness.workflow
+    async def two(params: Any, step: Journal) -> Any:
+        a = await step.do("a", lambda: harness.count("a") or 1)
+        b = await step.do("b", lambda: harness.count("b") or 2)
+        return a + b
+
+    engine = await harness.start(EngineConfig(storage_retry_ms=20), real_clock=True)
+    save_step = engine.store.save_step
+    failures = {"left": 1}
+
+    async def flaky_save(pk: int, generation: int, entry: Any) -> None:
+        if entry.name == "b" and failures["left"]:
+            failures["left"] -= 1
+            raise OSError("database or disk is full")
+        await save_step(pk, generation, entry)
+
+    engine.store.save_step = flaky_save  # type: ignore[method-assign]
+    done = await harness.wait((await harness.create("two")).id)
+    assert done.status == Status.COMPLETE and done.output == 3
+    assert harness.calls == {"a": 1, "b": 2}  # "a" was committed before the failure and never ran again

@@ -237,17 +237,23 @@ async def test_a_locked_engine_database_gives_clean_errors_and_no_corruption(tmp
     _integrity(data / "engine.db")
 
 
-@pytest.mark.xfail(
-    reason="engine bug (reported): a journal write failing with 'database is locked' after the busy timeout "
-    "errors the instance permanently (SandboxCrashError: the host bridge failed while serving a host call), "
-    "and instances whose run-start write failed stay 'queued' (wake_at 0) until the process restarts",
-    strict=False,
-)
 async def test_a_locked_engine_database_loses_no_work(tmp_path: Path) -> None:
+    """Runs interrupted by a locked database are retried in the same process: all finish, exactly."""
     data = tmp_path / "data"
-    await _lock_the_engine_while_running(data)
-    outcomes = await _outcomes(data)
-    assert outcomes == {**{f"i{n}": ("complete", 2 * n + 1) for n in range(20)}, "after": ("complete", 199)}
+    platform = await _platform(data, busy_timeout_ms=200)
+    try:
+        await platform.create_tenant(OPERATOR, "busy")
+        await platform.deploy(OPERATOR, "busy", FLOW.encode(), filename="main.py", workflow="flow")
+        await platform.create_instances(OPERATOR, "busy", "flow", [(f"i{n}", n) for n in range(20)])
+        with _write_lock(data / "engine.db"):
+            await asyncio.sleep(1.0)  # 5x the busy timeout: journal writes fail meanwhile
+        for n in range(20):
+            done = await platform.engine.wait("busy", f"i{n}", statuses=FINISHED, timeout=60)
+            output = (await platform.get_instance(OPERATOR, "busy", "flow", f"i{n}")).output
+            assert (str(done.status), output) == ("complete", 2 * n + 1)
+    finally:
+        await platform.aclose()
+    _integrity(data / "engine.db")
 
 
 async def test_locked_artifact_and_control_databases_wait_and_succeed(tmp_path: Path) -> None:
