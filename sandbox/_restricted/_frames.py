@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Callable
 from typing import IO, Any
 
 _HEADER = struct.Struct("!I")
@@ -62,14 +63,20 @@ def read_frame(stream: IO[bytes], max_size: int) -> Any:
     return read_sized_frame(stream, max_size)[0]
 
 
-def read_sized_frame(stream: IO[bytes], max_size: int) -> tuple[Any, int]:
-    """Read one message and its encoded size; (None, 0) at a clean end of stream."""
+def read_sized_frame(stream: IO[bytes], max_size: int | Callable[[], int]) -> tuple[Any, int]:
+    """Read one message and its encoded size; (None, 0) at a clean end of stream.
+
+    ``max_size`` may be a function: it is then asked once the header has arrived, because the cap
+    depends on what is in flight at that moment, not when the (blocking) read began.
+    """
     header = stream.read(HEADER_SIZE)
     if not header:
         return None, 0
     if len(header) != HEADER_SIZE:
         raise FrameError("truncated frame header")
     (size,) = _HEADER.unpack(header)
+    if not isinstance(max_size, int):
+        max_size = max_size()
     if size > max_size:
         raise FrameError(f"frame of {size} bytes exceeds the cap of {max_size}")
     body = stream.read(size)

@@ -221,7 +221,7 @@ class WorkerProcess:
     def _read_loop(self) -> None:
         try:
             while True:
-                message, size = _frames.read_sized_frame(self._stream, self._frame_cap())
+                message, size = _frames.read_sized_frame(self._stream, self._frame_cap)
                 if message is None:
                     break
                 if not isinstance(message, dict):

@@ -46,6 +46,8 @@ from ._policy import (
 )
 
 MAX_INBOUND_FRAME = 256 * 1024 * 1024
+_CALL_OVERHEAD = 64 * 1024
+"""Room for a host call's name and keys around an argument of the full result size."""
 TENANT_MODULE_PREFIX = "tenantflow_tenant."
 _STANDIN = types.ModuleType("tenantflow_tenant")
 _sdk = _runtime.sdk
@@ -176,6 +178,8 @@ class Worker:
         self.cpu_soft = 0
         self.current: Tenant | None = None
         self.page_size = resource.getpagesize()
+        self.result_bytes = 1 << 20
+        self.max_call_bytes = self.result_bytes + _CALL_OVERHEAD
 
     # --- IPC ---------------------------------------------------------------------------------
 
@@ -192,6 +196,8 @@ class Worker:
             frame = _frames.encode({"t": "call", "n": name, "a": args})
         except (TypeError, ValueError) as exc:
             raise TypeError(f"host call arguments must be JSON: {exc}") from None
+        if len(frame) > self.max_call_bytes:  # the same limit as the wasm backend's, not catchable
+            raise LimitSignal("result_size", f"a host call argument exceeds {self.result_bytes} bytes")
         _frames.write_all(self.write_fd, frame)
         reply = self.receive()
         if reply is None:
@@ -263,6 +269,8 @@ class Worker:
         started = time.perf_counter()
         cpu_start = time.process_time()
         limits = message["limits"]
+        self.result_bytes = int(limits["res"])
+        self.max_call_bytes = self.result_bytes + _CALL_OVERHEAD
         self.output = _sdk.OutputCapture(int(limits["out"]))
         self.arm(limits)
         tenant = None

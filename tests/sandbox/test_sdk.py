@@ -484,3 +484,15 @@ async def test_sandboxes_are_async_context_managers(backend: Any) -> None:
     async with await backend.load(run_body("return 'ctx'"), limits=Limits()) as sb:
         assert (await invoke(sb, FakeJournal())).output == "ctx"
     assert not sb.alive
+
+
+async def test_an_oversized_host_call_is_a_limit_and_the_sandbox_survives(load: Any) -> None:
+    sb = await load(
+        run_body("if event['payload'] == 'big':\n    step.do('x' * 3_000_000, lambda: 1)\nreturn 'ok'")
+    )
+    with pytest.raises(LimitExceededError) as info:
+        await invoke(sb, FakeJournal(), "big")
+    assert info.value.limit == "result_size"
+    if not sb.alive:  # a backend may discard the sandbox after a limit; a fresh one must work
+        sb = await load(run_body("return 'ok'"))
+    assert (await invoke(sb, FakeJournal(), "small")).output == "ok"
