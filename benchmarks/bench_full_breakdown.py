@@ -1,0 +1,218 @@
+"""Where the time of one full-stack wake-up goes: the stages behind the ``bench_full`` figures,
+measured by wrapping the dispatcher's, engine's and artifact store's methods with timers for the
+duration of a run (the product code is untouched). Reports numbers; asserts nothing.
+
+    python -m benchmarks full_breakdown [--quick]
+
+- ``seq_<sync>_*``: one 10-step instance at a time (wasm tenant), p50 in µs per instance of:
+  ``create`` (``create_instance`` call), ``to_execute`` (create returned -> executor called: the
+  engine's claim), ``execute`` (the executor: ``acquire`` + ``invoke`` + envelope work),
+  ``after`` (executor returned -> ``engine.wait`` returned: outcome committed, waiter woken, one
+  read), and per step: ``bridge_do``/``bridge_commit`` (the guest thread's host call, hop to the
+  event loop and back included), ``journal_begin``/``journal_finish`` (the engine's part on the
+  loop, the commit included); ``guest_per_step``: what ``invoke`` leaves after the host calls,
+  divided by 10 (guest code, SDK, wasm boundary, thread wake-ups). ``<sync>`` is FULL or OFF.
+- ``cold_*``: p50 in µs of the stages of a freshly deployed version's first wake: ``read_bundle``
+  and ``get_derived`` (artifact store), ``prepare`` (backend: the derived form), ``put_derived``,
+  ``load`` (backend: a sandbox from bundle + derived form).
+- ``hostcall_*``: a replayed ``step.do`` (journal hit): ``total`` as the guest thread waits for
+  it, ``on_loop`` the bridge's coroutine on the event loop; the rest is the two thread hops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from benchmarks.bench_full import (
+    NO_STEP,
+    REPLAY,
+    REPLAY_STEPS,
+    TEN_STEPS,
+    TENANT,
+    add_tenant,
+    in_platform,
+    run_one,
+)
+from dispatcher import OPERATOR, Platform, _bridge, _cache
+from engine import FINISHED, Journal
+
+Samples = dict[str, list[float]]
+
+
+@contextmanager
+def _timed(owner: Any, name: str, samples: Samples, label: str) -> Iterator[None]:
+    """Replace the coroutine method ``owner.name`` by one that records its duration under ``label``."""
+    original = getattr(owner, name)
+
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            samples[label].append(time.perf_counter() - started)
+
+    setattr(owner, name, wrapper)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+@contextmanager
+def _timed_sync(owner: Any, name: str, record: Callable[[Any, float], None]) -> Iterator[None]:
+    original = getattr(owner, name)
+
+    def wrapper(self: Any, call: str, args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return original(self, call, args)
+        finally:
+            record(call, time.perf_counter() - started)
+
+    setattr(owner, name, wrapper)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def _p50_us(values: list[float]) -> float:
+    return round(statistics.median(values) * 1e6, 1) if values else float("nan")
+
+
+async def _sequential(platform: Platform, count: int) -> dict[str, float]:
+    await add_tenant(platform, TENANT, TEN_STEPS)
+    for _ in range(10):
+        await run_one(platform, TENANT)
+    samples: Samples = collections.defaultdict(list)
+    starts: list[float] = []
+    executor = platform.executor
+    inner = executor.execute
+
+    async def execute(run: Any) -> Any:
+        starts.append(time.perf_counter())
+        try:
+            return await inner(run)
+        finally:
+            samples["execute"].append(time.perf_counter() - starts[-1])
+
+    def bridge(call: str, seconds: float) -> None:
+        samples["bridge_" + call.removeprefix("step.")].append(seconds)
+
+    invokes: list[float] = []
+    acquire = _cache.WarmCache.acquire
+
+    async def timed_acquire(self: Any, key: Any) -> Any:
+        started = time.perf_counter()
+        sandbox = await acquire(self, key)
+        samples["acquire"].append(time.perf_counter() - started)
+        invoke = sandbox.invoke
+        if not getattr(invoke, "_bench_timed", False):
+
+            async def timed_invoke(event: Any, host: Any) -> Any:
+                begun = time.perf_counter()
+                try:
+                    return await invoke(event, host)
+                finally:
+                    invokes.append(time.perf_counter() - begun)
+
+            timed_invoke._bench_timed = True  # type: ignore[attr-defined]
+            sandbox.invoke = timed_invoke
+        return sandbox
+
+    executor.execute = execute  # type: ignore[method-assign]
+    _cache.WarmCache.acquire = timed_acquire  # type: ignore[method-assign]
+    try:
+        with (
+            _timed(Journal, "begin_step", samples, "journal_begin"),
+            _timed(Journal, "finish_attempt", samples, "journal_finish"),
+            _timed_sync(_bridge.StepBridge, "call", bridge),
+        ):
+            for _ in range(count):
+                started = time.perf_counter()
+                instance = await platform.create_instance(OPERATOR, TENANT, "flow")
+                created = time.perf_counter()
+                await platform.engine.wait(TENANT, instance.id, statuses=FINISHED)
+                done = time.perf_counter()
+                samples["create"].append(created - started)
+                samples["to_execute"].append(starts[-1] - created)
+                samples["after"].append(done - starts[-1] - samples["execute"][-1])
+                samples["total"].append(done - started)
+    finally:
+        executor.execute = inner  # type: ignore[method-assign]
+        _cache.WarmCache.acquire = acquire  # type: ignore[method-assign]
+    figures = {name: _p50_us(values) for name, values in samples.items()}
+    host = statistics.median(invokes) - 10 * (
+        statistics.median(samples["bridge_do"]) + statistics.median(samples["bridge_commit"])
+    )
+    figures["invoke"] = _p50_us(invokes)
+    figures["guest_per_step"] = round(host / 10 * 1e6, 1)
+    return figures
+
+
+async def _cold(platform: Platform, count: int) -> dict[str, float]:
+    await add_tenant(platform, TENANT, NO_STEP)
+    await run_one(platform, TENANT)
+    samples: Samples = collections.defaultdict(list)
+    backend = platform.backends["wasm"]
+    with (
+        _timed(platform.artifacts, "read_bundle", samples, "read_bundle"),
+        _timed(platform.artifacts, "get_derived", samples, "get_derived"),
+        _timed(platform.artifacts, "put_derived", samples, "put_derived"),
+        _timed(backend, "prepare", samples, "prepare"),
+        _timed(backend, "load", samples, "load"),
+    ):
+        for i in range(count):
+            source = f"# revision {i}\n{NO_STEP}"
+            await platform.deploy(OPERATOR, TENANT, source.encode(), filename="main.py", workflow="flow")
+            await run_one(platform, TENANT)
+            await asyncio.sleep(0.005)
+    return {name: _p50_us(values) for name, values in samples.items()}
+
+
+async def _host_call(platform: Platform, instances: int) -> dict[str, float]:
+    await add_tenant(platform, TENANT, REPLAY)
+    samples: Samples = collections.defaultdict(list)
+    calls: list[float] = []
+
+    def bridge(call: str, seconds: float) -> None:
+        if call == "step.do":
+            calls.append(seconds)
+
+    with (
+        _timed(_bridge.StepBridge, "_step", samples, "on_loop"),
+        _timed_sync(_bridge.StepBridge, "call", bridge),
+    ):
+        for _ in range(instances):
+            calls.clear()
+            samples.clear()
+            await run_one(platform, TENANT)
+    # the last REPLAY_STEPS step.do calls are the replay after the sleep (journal hits)
+    replay, on_loop = calls[-REPLAY_STEPS:], samples["on_loop"][-REPLAY_STEPS - 1 : -1]
+    return {"total": _p50_us(replay), "on_loop": _p50_us(on_loop)}
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    count = 30 if quick else 300
+    for sync in ("FULL", "OFF"):
+        stages = in_platform(lambda p: _sequential(p, count), synchronous=sync)
+        figures.update({f"seq_{sync}_{name}_us": value for name, value in stages.items()})
+    cold = in_platform(lambda p: _cold(p, 10 if quick else 40))
+    figures.update({f"cold_{name}_us": value for name, value in cold.items()})
+    host = in_platform(lambda p: _host_call(p, 2 if quick else 5), synchronous="OFF")
+    figures.update({f"hostcall_{name}_us": value for name, value in host.items()})
+    return figures
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))
