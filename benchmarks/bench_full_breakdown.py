@@ -17,13 +17,19 @@ duration of a run (the product code is untouched). Reports numbers; asserts noth
   ``load`` (backend: a sandbox from bundle + derived form).
 - ``hostcall_*``: a replayed ``step.do`` (journal hit): ``total`` as the guest thread waits for
   it, ``on_loop`` the bridge's coroutine on the event loop; the rest is the two thread hops.
+- ``machine_*``: what one thread hand-off costs on this machine, p50 of 5,000 round trips:
+  ``thread_round_trip_us`` (two threads, ``threading.Event`` ping-pong) and ``loop_hop_us`` (a
+  thread -> ``call_soon_threadsafe`` -> the event loop -> ``concurrent.futures.Future`` -> back:
+  the hop of every host call). On a VM, waking an idle vCPU dominates both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -198,6 +204,44 @@ async def _host_call(platform: Platform, instances: int) -> dict[str, float]:
     return {"total": _p50_us(replay), "on_loop": _p50_us(on_loop)}
 
 
+def _thread_round_trip(count: int) -> float:
+    ping, pong = threading.Event(), threading.Event()
+
+    def other() -> None:
+        for _ in range(count):
+            ping.wait()
+            ping.clear()
+            pong.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        ping.set()
+        pong.wait()
+        pong.clear()
+        samples.append(time.perf_counter() - started)
+    thread.join()
+    return _p50_us(samples)
+
+
+async def _loop_hop(count: int) -> float:
+    loop = asyncio.get_running_loop()
+
+    def hops() -> float:
+        samples = []
+        for _ in range(count):
+            started = time.perf_counter()
+            future: concurrent.futures.Future[int] = concurrent.futures.Future()
+            loop.call_soon_threadsafe(future.set_result, 1)
+            future.result()
+            samples.append(time.perf_counter() - started)
+        return _p50_us(samples)
+
+    return await asyncio.to_thread(hops)
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     count = 30 if quick else 300
@@ -208,6 +252,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     figures.update({f"cold_{name}_us": value for name, value in cold.items()})
     host = in_platform(lambda p: _host_call(p, 2 if quick else 5), synchronous="OFF")
     figures.update({f"hostcall_{name}_us": value for name, value in host.items()})
+    figures["machine_thread_round_trip_us"] = _thread_round_trip(5_000)
+    figures["machine_loop_hop_us"] = asyncio.run(_loop_hop(5_000))
     return figures
 
 
