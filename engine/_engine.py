@@ -631,11 +631,15 @@ class Engine:
         except Exception as exc:
             # A storage failure (a locked or full database): the journal holds everything committed,
             # so run the instance again a little later instead of failing it. (Workers: the lease is
-            # released below, or expires, and the instance is claimed again.)
-            delay = self.config.storage_retry_ms / 1000
-            log.warning("instance run interrupted by a storage error (%s); retrying in %.1f s", exc, delay)
-            if self._worker is None:
-                asyncio.get_running_loop().call_later(delay, self._retry, pk, key)
+            # released below, or expires, and the instance is claimed again.) While the engine is
+            # closing, the run simply resumes on the next start.
+            if self._started:
+                delay = self.config.storage_retry_ms / 1000
+                log.warning(
+                    "instance run interrupted by a storage error (%s); retrying in %.1f s", exc, delay
+                )
+                if self._worker is None:
+                    asyncio.get_running_loop().call_later(delay, self._retry, pk, key)
         finally:
             active = self._active.pop(pk, None)
             if active is not None:
