@@ -160,6 +160,8 @@ class Platform:
             preferred_affinity=self.warm_affinity,
             worker=worker,
         )
+        self._background: set[asyncio.Task[None]] = set()
+        """Precompilations started by deploy (cancelled by aclose)."""
         self._sweeper: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._started = False
@@ -234,6 +236,9 @@ class Platform:
             )
 
     async def aclose(self) -> None:
+        for pending in list(self._background):
+            pending.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         for task in (self._sweeper, self._refresher):
             if task is not None:
                 task.cancel()
@@ -381,10 +386,33 @@ class Platform:
         self._authorize(principal, tenant_id)
         await self._tenant(tenant_id)
         uploader = principal.token_id or ("operator" if principal.is_operator else tenant_id)
-        return await self.artifacts.upload(
+        result = await self.artifacts.upload(
             tenant_id, source, uploader=uploader, workflow=workflow, filename=filename,
             move_latest=move_latest, aliases=tuple(aliases),
         )  # fmt: skip
+        self._precompile(tenant_id, result.version.digest)
+        return result
+
+    def _precompile(self, tenant_id: str, digest: str) -> None:
+        """Prepare the tenant backend's derived form of a new version in the background, so that its
+        first wake-up only loads it (no compile on the critical path). Failures are only logged: the
+        first wake-up prepares it again and reports the error on the instance."""
+        tenant = self._tenants.get(tenant_id)
+        if tenant is None:
+            return
+
+        async def prepare() -> None:
+            try:
+                backend = self.backends[tenant.policy.backend]
+                key = CacheKey(tenant_id, digest, backend.name, tenant.policy.sandbox_limits)
+                await self._prepare(key, backend)
+            except Exception as exc:
+                log.info("preparing %s for tenant %s failed (%s); its first wake-up will report it",
+                         digest, tenant_id, exc)  # fmt: skip
+
+        task = asyncio.get_running_loop().create_task(prepare(), name=f"tenantflow-precompile-{digest[:19]}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def list_workflows(self, principal: Principal, tenant_id: str) -> list[Any]:
         self._authorize(principal, tenant_id)

@@ -123,3 +123,37 @@ async def test_instances_stay_pinned_to_their_version_until_migrated(inprocess_p
         2
     ]
     assert (await platform.describe_instance(OPERATOR, "acme", "flow", "fresh"))["versionId"] == by_number[2]
+
+
+@pytest.mark.parametrize("backend", ["wasm", "restricted"])
+async def test_deploy_prepares_the_derived_form_before_the_first_wake(tmp_path: Path, backend: str) -> None:
+    import asyncio
+
+    platform = await open_platform(tmp_path / "data")
+    try:
+        await platform.create_tenant(OPERATOR, "pre", policy={"backend": backend})
+        result = await platform.deploy(
+            OPERATOR,
+            "pre",
+            b"def run(event, step):\n    return 'ready'\n",
+            filename="main.py",
+            workflow="flow",
+        )
+        sandbox_backend = platform.backends[backend]
+        digest = result.version.digest
+        for _ in range(600):  # the first deploy may build the wasm runner
+            if await platform.artifacts.get_derived(digest, sandbox_backend.name, sandbox_backend.version):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("deploy did not prepare the derived form")
+        assert platform.executor.invocations == 0  # prepared without any instance
+
+        async def no_compiling(bundle: object) -> bytes:
+            raise AssertionError("the first wake-up compiled the bundle again")
+
+        sandbox_backend.prepare = no_compiling  # type: ignore[method-assign]
+        instance = await platform.create_instance(OPERATOR, "pre", "flow")
+        assert (await finish(platform, "pre", instance.id)).output == "ready"
+    finally:
+        await platform.aclose()

@@ -136,7 +136,7 @@ async def test_a_restarted_worker_cold_starts_from_local_disk(tmp_path: Path, pg
             disk = platform.metrics()["artifact_cache"]
         finally:
             await platform.aclose()
-        if run == 0:
-            assert disk["misses"] >= 1 and disk["hits"] == 0
+        if run == 0:  # fetched once from the database (deploy prepares it in the background)
+            assert disk["misses"] >= 1
         else:
             assert disk["misses"] == 0 and disk["hits"] >= 1  # nothing fetched from the database
