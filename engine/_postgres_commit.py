@@ -19,16 +19,12 @@ kind share one statement, which took a 1,000 x 10 workload from ~3,700 to ~10,00
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._store import StaleRunError
-
-log = logging.getLogger(__name__)
+from ._batching import BatchCommitter
 
 Op = Callable[[Any], Awaitable[Any]]
 """A write: runs SQL on the batch's connection (an ``asyncpg.Connection``). It may run twice (see above)."""
@@ -60,66 +56,12 @@ class Mergeable:
         raise NotImplementedError
 
 
-class GroupCommitter:
+class GroupCommitter(BatchCommitter[Op]):
     """Runs queued writes in shared transactions (see the module note)."""
 
     def __init__(self, pool: Any, max_batch: int = 1_000) -> None:
         self._pool = pool
-        self._queue: list[tuple[Op, asyncio.Future[Any] | None]] = []
-        self._wakeup = asyncio.Event()
-        self._max_batch = max_batch
-        self._closing = False
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="tenantflow-pg-group-commit")
-
-    def submit(self, op: Op) -> asyncio.Future[Any]:
-        if self._closing:
-            raise RuntimeError("the engine store is closed")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((op, future))
-        self._wakeup.set()
-        return future
-
-    def submit_nowait(self, op: Op) -> None:
-        if not self._closing:
-            self._queue.append((op, None))
-            self._wakeup.set()
-
-    async def aclose(self) -> None:
-        self._closing = True
-        self._wakeup.set()
-        await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue:
-                batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
-                try:
-                    results = await self._run_batch([op for op, _ in batch])
-                except asyncio.CancelledError:
-                    for _, future in batch:
-                        if future is not None:
-                            future.cancel()
-                    raise
-                except Exception as exc:  # the connection or the COMMIT failed: every write failed
-                    log.error("group commit of %d writes failed: %s", len(batch), exc)
-                    results = [(False, exc)] * len(batch)
-                self._resolve(batch, results)
-            if self._closing:
-                return
-
-    @staticmethod
-    def _resolve(batch: list[tuple[Op, asyncio.Future[Any] | None]], results: list[tuple[bool, Any]]) -> None:
-        for (_, future), (ok, value) in zip(batch, results, strict=True):
-            if future is None:
-                if not ok and not isinstance(value, StaleRunError):
-                    log.warning("background write failed: %s", value)
-            elif not future.done():
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
+        super().__init__(max_batch=max_batch, name="tenantflow-pg-group-commit")
 
     async def _run_batch(self, ops: list[Op]) -> list[tuple[bool, Any]]:
         async with self._pool.acquire() as conn:

@@ -25,6 +25,7 @@ from typing import Any
 
 import aiosqlite
 
+from ._batching import BatchCommitter
 from ._errors import InstanceExistsError, InvalidTransitionError
 from ._model import EngineConfig, ErrorInfo, Instance, Status, iso_ms
 from ._store import (
@@ -178,64 +179,25 @@ def _check_generation(conn: sqlite3.Connection, pk: int, generation: int) -> str
     return status
 
 
-class _GroupCommitter:
+class _GroupCommitter(BatchCommitter[Op]):
     """Runs queued writes in shared transactions (see the module note)."""
 
     def __init__(self, db: aiosqlite.Connection, max_batch: int = 2_000) -> None:
         self._db = db
-        self._queue: list[tuple[Op, asyncio.Future[Any] | None]] = []
-        self._wakeup = asyncio.Event()
-        self._max_batch = max_batch
-        self._closing = False
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="tenantflow-group-commit")
+        super().__init__(max_batch=max_batch, name="tenantflow-group-commit")
 
-    def submit(self, op: Op) -> asyncio.Future[Any]:
-        if self._closing:
-            raise RuntimeError("the engine store is closed")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((op, future))
-        self._wakeup.set()
-        return future
+    async def _run_batch(self, ops: list[Op]) -> list[tuple[bool, Any]]:
+        result: list[tuple[bool, Any]] = await on_db_thread(
+            self._db, functools.partial(self._write_batch, ops)
+        )
+        return result
 
-    def submit_nowait(self, op: Op) -> None:
-        if not self._closing:
-            self._queue.append((op, None))
-            self._wakeup.set()
-
-    async def aclose(self) -> None:
-        self._closing = True
-        self._wakeup.set()
-        await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue:
-                batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
-                try:
-                    results = await on_db_thread(self._db, functools.partial(self._run_batch, batch))
-                except BaseException as exc:  # the COMMIT itself failed: every write in the batch failed
-                    log.error("group commit of %d writes failed: %s", len(batch), exc)
-                    results = [(False, exc)] * len(batch)
-                for (_, future), (ok, value) in zip(batch, results, strict=True):
-                    if future is None:
-                        if not ok and not isinstance(value, StaleRunError):
-                            log.warning("background write failed: %s", value)
-                    elif not future.done():
-                        if ok:
-                            future.set_result(value)
-                        else:
-                            future.set_exception(value)
-            if self._closing:
-                return
-
-    def _run_batch(self, batch: list[tuple[Op, asyncio.Future[Any] | None]]) -> list[tuple[bool, Any]]:
+    def _write_batch(self, ops: list[Op]) -> list[tuple[bool, Any]]:
         conn: sqlite3.Connection = self._db._conn
         results: list[tuple[bool, Any]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for op, _ in batch:
+            for op in ops:
                 conn.execute("SAVEPOINT w")
                 try:
                     results.append((True, op(conn)))
