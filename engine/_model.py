@@ -173,6 +173,10 @@ class EngineConfig:
     poll_interval_ms: int = 1_000
     """Shared stores: how often a worker looks for work when no notification arrived (the fallback
     for a lost LISTEN connection, expired leases and timers set by other workers)."""
+    affinity_grace_ms: int = 300
+    """Shared stores: how long a ready instance whose affinity another live worker holds warm (publishes
+    as preferred) is left to that worker before any worker may claim it; 0 claims greedily. Short, so a
+    busy or dead warm worker delays such an instance by at most this long."""
     default_step_config: StepConfig = DEFAULT_STEP_CONFIG
     """Step configuration when a step gives none."""
 
@@ -187,6 +191,9 @@ class EngineConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"EngineConfig.{name} must be a positive integer, got {value!r}")
+        grace = self.affinity_grace_ms
+        if not isinstance(grace, int) or isinstance(grace, bool) or not 0 <= grace <= 60_000:
+            raise ValueError(f"EngineConfig.affinity_grace_ms must be 0 to 60,000 (ms), got {grace!r}")
         if self.heartbeat_ms >= self.lease_ms:
             raise ValueError(
                 f"EngineConfig.heartbeat_ms ({self.heartbeat_ms}) must be less than lease_ms ({self.lease_ms}): "

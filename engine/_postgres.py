@@ -20,7 +20,10 @@ Many workers. A ready instance runs only in the worker holding its lease (``leas
 short transaction serialized by an advisory lock: it reads the live leases per concurrency key and
 the ready, unleased instances ranked per key (``row_number() OVER (PARTITION BY ckey)``), picks
 fairly and within every key's limit in Python (``key_limit`` is a Python callable), then leases the
-picks with ``UPDATE ... WHERE pk IN (SELECT ... FOR UPDATE SKIP LOCKED)``. Serializing claims is what
+picks with ``UPDATE ... WHERE pk IN (SELECT ... FOR UPDATE SKIP LOCKED)``. Affinity grace: the
+candidates leave out instances that became ready (``ready_at``, kept by a trigger) less than the grace
+ago and whose affinity some other live worker (a ``workers`` row seen within the lease time) prefers;
+the labels of the others are read before the lock, so a claim with no live peer costs what it did. Serializing claims is what
 makes per-key limits hold across workers (two claimers would otherwise both see a free slot); a
 claim takes about a millisecond, and one claim leases a whole batch. Taking over an expired lease
 bumps the generation, so the old holder's writes are refused like those of a restarted run.
@@ -53,6 +56,7 @@ from ._sqlite import (
 )
 from ._store import (
     Claim,
+    Claims,
     FinishResult,
     LeaseState,
     NewInstance,
@@ -72,10 +76,26 @@ WITH ready AS (
     SELECT pk, ckey, affinity, row_number() OVER (PARTITION BY ckey ORDER BY pk) AS rn
     FROM instances
     WHERE wake_at = 0 AND (lease_owner IS NULL OR lease_until < {_SERVER_MS}) AND pk <> ALL($3::bigint[])
+    AND NOT (ready_at > {_SERVER_MS} - $7 AND affinity IN (SELECT unnest($6::text[])))
 )
 SELECT pk, ckey, affinity = ANY($4::text[]) FROM ready
 WHERE rn <= $2 AND ($5 OR affinity = ANY($4::text[]))
 ORDER BY rn, pk LIMIT $1
+"""
+_OTHERS_PREFER = f"""
+SELECT DISTINCT label FROM workers, unnest(preferred) AS label
+WHERE id <> $1 AND seen_at >= {_SERVER_MS} - $2 AND label <> ''
+"""
+# When the first instance left to another worker (by _CANDIDATES) becomes claimable by anyone, in ms.
+_DEFERRED = f"""
+SELECT MIN(ready_at) + $3 - {_SERVER_MS} FROM instances
+WHERE wake_at = 0 AND (lease_owner IS NULL OR lease_until < {_SERVER_MS}) AND pk <> ALL($1::bigint[])
+AND ready_at > {_SERVER_MS} - $3 AND affinity IN (SELECT unnest($2::text[]))
+"""
+_PUBLISH = f"""
+WITH gone AS (DELETE FROM workers WHERE seen_at < {_SERVER_MS} - 10 * $3)
+INSERT INTO workers (id, seen_at, preferred) VALUES ($1, {_SERVER_MS}, $2::text[])
+ON CONFLICT (id) DO UPDATE SET seen_at = EXCLUDED.seen_at, preferred = EXCLUDED.preferred
 """
 _LIVE_LEASES = f"""
 SELECT ckey, COUNT(*) FROM instances WHERE lease_owner IS NOT NULL AND lease_until >= {_SERVER_MS}
@@ -630,44 +650,77 @@ class PostgresStore(SharedEngineStore):
         key_limit: Callable[[str], int] | None,
         preferred: Collection[str],
         exclude: Collection[int],
-    ) -> list[Claim]:
+        affinity_grace_ms: int = 0,
+    ) -> Claims:
         wanted = sorted(set(preferred))
         busy = list(exclude)
+        grace = max(0, affinity_grace_ms)
 
-        async def fn(conn: Any) -> list[Claim]:
+        async def fn(conn: Any) -> Claims:
+            # Outside the lock: who else is live and what they hold warm (not a claim decision yet).
+            others: list[str] = []
+            if grace:
+                mine = set(wanted)
+                others = [
+                    r[0] for r in await conn.fetch(_OTHERS_PREFER, worker, lease_ms) if r[0] not in mine
+                ]
             async with conn.transaction():
                 await conn.execute(
                     "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"tenantflow:claim:{self.schema}"
                 )
-                half = max(1, limit // 2)
-                passes: list[list[Any]] = []
-                if wanted:  # preferred first, ranked per key like the rest, at most half the capacity
-                    passes.append(await conn.fetch(_CANDIDATES, half, max_per_key, busy, wanted, False))
-                passes.append(await conn.fetch(_CANDIDATES, limit + half, max_per_key, busy, wanted, True))
-                keys = sorted({r[1] for rows in passes for r in rows})
-                if not keys:
-                    return []
-                live = {r[0]: r[1] for r in await conn.fetch(_LIVE_LEASES, keys)}
-                picked: dict[int, bool] = {}
-                for rows in passes:
-                    for pk, key, is_preferred in rows:
-                        if len(picked) >= limit:
-                            break
-                        cap = max_per_key if key_limit is None else min(max_per_key, max(1, key_limit(key)))
-                        if pk in picked or live.get(key, 0) >= cap:
-                            continue
-                        live[key] = live.get(key, 0) + 1
-                        picked[pk] = is_preferred
-                if not picked:
-                    return []
-                leased = await conn.fetch(_LEASE, worker, lease_ms, list(picked))
-                rank = {pk: n for n, pk in enumerate(picked)}  # start them in the order picked
-                return [
-                    Claim(r[0], r[1], r[2], picked[r[0]]) for r in sorted(leased, key=lambda r: rank[r[0]])
-                ]
+                picked = await self._pick(conn, limit, max_per_key, key_limit, wanted, busy, others, grace)
+                leased = await conn.fetch(_LEASE, worker, lease_ms, list(picked)) if picked else []
+            deferred: int | None = None
+            if others and len(leased) < limit:  # left some to others? then look again when their grace ends
+                deferred = await conn.fetchval(_DEFERRED, busy, others, grace)
+            rank = {pk: n for n, pk in enumerate(picked)}  # start them in the order picked
+            claims = [Claim(r[0], r[1], r[2], picked[r[0]]) for r in sorted(leased, key=lambda r: rank[r[0]])]
+            return Claims(claims, None if deferred is None else max(1, deferred))
 
-        result: list[Claim] = await self._read(fn)
+        result: Claims = await self._read(fn)
         return result
+
+    @staticmethod
+    async def _pick(
+        conn: Any,
+        limit: int,
+        max_per_key: int,
+        key_limit: Callable[[str], int] | None,
+        wanted: list[str],
+        busy: list[int],
+        others: list[str],
+        grace: int,
+    ) -> dict[int, bool]:
+        """Under the claim lock: the instances to lease, in order, each with whether it was preferred."""
+        half = max(1, limit // 2)
+        passes: list[list[Any]] = []
+        args = (max_per_key, busy, wanted)
+        if wanted:  # preferred first, ranked per key like the rest, at most half the capacity
+            passes.append(await conn.fetch(_CANDIDATES, half, *args, False, others, grace))
+        passes.append(await conn.fetch(_CANDIDATES, limit + half, *args, True, others, grace))
+        keys = sorted({r[1] for rows in passes for r in rows})
+        if not keys:
+            return {}
+        live = {r[0]: r[1] for r in await conn.fetch(_LIVE_LEASES, keys)}
+        picked: dict[int, bool] = {}
+        for rows in passes:
+            for pk, key, is_preferred in rows:
+                if len(picked) >= limit:
+                    break
+                cap = max_per_key if key_limit is None else min(max_per_key, max(1, key_limit(key)))
+                if pk in picked or live.get(key, 0) >= cap:
+                    continue
+                live[key] = live.get(key, 0) + 1
+                picked[pk] = is_preferred
+        return picked
+
+    async def publish_worker(self, worker: str, preferred: Collection[str], lease_ms: int) -> None:
+        # Also forgets workers silent for ten leases (killed ones never say goodbye); liveness itself
+        # is judged by claimers from seen_at, so this only keeps the table small.
+        async def fn(conn: Any) -> None:
+            await conn.execute(_PUBLISH, worker, sorted(set(preferred)), lease_ms)
+
+        await self._read(fn)
 
     async def renew_leases(self, worker: str, pks: Collection[int], lease_ms: int) -> dict[int, LeaseState]:
         # SKIP LOCKED: a row this worker's own group commit holds right now is renewed next time
@@ -699,6 +752,7 @@ class PostgresStore(SharedEngineStore):
 
     async def release_all(self, worker: str) -> None:
         async def fn(conn: Any) -> None:
+            await conn.execute("DELETE FROM workers WHERE id = $1", worker)
             status: str = await conn.execute(
                 "UPDATE instances SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1", worker
             )

@@ -83,6 +83,29 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX ix_instances_ready ON instances (ckey, pk) WHERE wake_at = 0;
     CREATE INDEX ix_instances_leased ON instances (lease_owner, ckey) WHERE lease_owner IS NOT NULL;
     """,
+    # 3: affinity grace. ``ready_at`` (server epoch ms) is when an instance last became claimable: set
+    # by the column default on insert and by a trigger whenever wake_at becomes 0 or a lease on a
+    # ready instance is released, so no write path can forget it. ``workers`` holds what each live
+    # worker prefers (the affinities it holds warm), refreshed by its heartbeat.
+    """
+    ALTER TABLE instances ADD COLUMN ready_at BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE instances ALTER COLUMN ready_at SET DEFAULT (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
+    CREATE FUNCTION instances_set_ready_at() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        NEW.ready_at := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
+        RETURN NEW;
+    END
+    $$;
+    CREATE TRIGGER instances_ready_at BEFORE UPDATE OF wake_at, lease_owner ON instances FOR EACH ROW
+    WHEN (NEW.wake_at = 0 AND (OLD.wake_at IS DISTINCT FROM 0
+                               OR (OLD.lease_owner IS NOT NULL AND NEW.lease_owner IS NULL)))
+    EXECUTE FUNCTION instances_set_ready_at();
+    CREATE TABLE workers (
+        id TEXT PRIMARY KEY,
+        seen_at BIGINT NOT NULL,
+        preferred TEXT[] NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -237,6 +237,16 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class Claims:
+    """What one ``claim_ready`` leased, and when to look again for instances it left to others."""
+
+    claims: list[Claim]
+    deferred_ms: int | None = None
+    """Ready instances were left to the live workers holding them warm (their affinity grace): the
+    first of them becomes claimable by anyone in this many ms. None when none was left."""
+
+
+@dataclass(frozen=True, slots=True)
 class LeaseState:
     """A lease the worker still holds, as renewed by ``renew_leases``."""
 
@@ -263,10 +273,17 @@ class SharedEngineStore(EngineStore):
         key_limit: Callable[[str], int] | None,
         preferred: Collection[str],
         exclude: Collection[int],
-    ) -> list[Claim]:
+        affinity_grace_ms: int = 0,
+    ) -> Claims:
         """Lease up to ``limit`` ready instances that nobody holds (or whose lease expired), fairly
         between keys, never exceeding a key's limit counted over ALL workers' live leases.
-        Instances whose affinity is in ``preferred`` go first, up to half of ``limit``."""
+        Instances whose affinity is in ``preferred`` go first, up to half of ``limit``. An instance
+        whose affinity another live worker prefers (``publish_worker``) and this one does not is
+        left to it until ``affinity_grace_ms`` after it became ready."""
+
+    @abc.abstractmethod
+    async def publish_worker(self, worker: str, preferred: Collection[str], lease_ms: int) -> None:
+        """Record that ``worker`` is alive (for ``lease_ms``) and the affinities it prefers (holds warm)."""
 
     @abc.abstractmethod
     async def renew_leases(self, worker: str, pks: Collection[int], lease_ms: int) -> dict[int, LeaseState]:
@@ -278,7 +295,8 @@ class SharedEngineStore(EngineStore):
 
     @abc.abstractmethod
     async def release_all(self, worker: str) -> None:
-        """Give up every lease of this worker (a clean shutdown: others take over at once)."""
+        """Give up every lease of this worker and its ``publish_worker`` record (a clean shutdown:
+        others take over at once)."""
 
     @abc.abstractmethod
     async def request_pause(self, pk: int, now: int) -> StoredInstance | None:

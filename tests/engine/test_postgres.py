@@ -58,7 +58,7 @@ async def test_concurrent_opens_migrate_once(pg_schema: PgSchema) -> None:
     tables = await _sql(
         pg_schema, "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", pg_schema.name
     )
-    assert {t for (t,) in tables} == {"instances", "steps", "events", "schema_version"}
+    assert {t for (t,) in tables} == {"instances", "steps", "events", "schema_version", "workers"}
 
 
 async def test_a_newer_schema_is_refused_with_advice(pg_schema: PgSchema) -> None:
