@@ -7,6 +7,19 @@ database instead of an in-memory queue, and lifecycle operations decide from the
 run is in flight, wherever it runs (see ``_worker``). The journal is authoritative about
 suspensions and fatal errors: whatever the executor returns, a pending timer means "waiting" and
 a non-determinism error means "errored".
+
+Design note (fresh instances). A run normally starts with ``load_run``: one read through the store's
+reader thread, a few hundred µs of hand-offs that dominate a short run. An instance this engine has
+just created needs none of it: the engine knows its row (it wrote it) and that its journal is empty.
+So ``create_batch`` remembers each new row in ``_fresh`` (pk -> the inserted row; bounded by
+``FRESH_MAX_INSTANCES`` and ``FRESH_MAX_BYTES``, oldest dropped first), and the first run pops it and
+builds exactly what ``load_run`` would return. Everything else reads the store: recovery, wake-ups by
+timer or event, requeues and retries (the record is popped by the first run, whatever its end), and
+every lifecycle operation drops the record before it writes (pause, resume, terminate, restart,
+delete, replace_params), so a run starting after one of them reads the row it left. Only the embedded
+(in-process) scheduler uses it: on a shared store another process may change the row or run the
+instance (a run released without finishing leaves a journal at the same generation), so workers
+always read.
 """
 
 from __future__ import annotations
@@ -14,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import Callable, Collection, Sequence
@@ -49,7 +63,7 @@ from ._model import (
 )
 from ._ready import ReadyQueue
 from ._steplog import instance_record
-from ._store import EngineStore, NewInstance, RunFinish, SharedEngineStore, StoredInstance
+from ._store import EngineStore, NewInstance, RunFinish, SharedEngineStore, StepEntry, StoredInstance
 from ._validation import encode_payload, validate_id
 from ._worker import Worker
 
@@ -57,6 +71,12 @@ log = logging.getLogger(__name__)
 
 _LIVE = (Status.QUEUED, Status.RUNNING, Status.WAITING, Status.WAITING_FOR_PAUSE)
 _ALL = tuple(Status)
+
+FRESH_MAX_INSTANCES = 10_000
+"""Freshly created instances remembered for their first run (see the module note); beyond this the
+oldest records are dropped and those instances read the store like any other."""
+FRESH_MAX_BYTES = 64 * 1024 * 1024
+"""Total params (JSON text) held by those records; the same rule beyond it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +127,9 @@ class Engine:
         self._ready = ReadyQueue(self.config.max_concurrency, self.config.max_concurrency_per_key, key_limit)
         self._active: dict[int, tuple[Journal, asyncio.Task[None]]] = {}
         self._requeue: dict[int, str] = {}
+        self._fresh: dict[int, NewInstance] = {}
+        """Instances created here and not yet run: pk -> the row as inserted (see the module note)."""
+        self._fresh_bytes = 0
         self._watchers: dict[int, list[asyncio.Future[None]]] = {}
         self._timer_wakeup = asyncio.Event()
         self._next_timer: int | None = None
@@ -160,6 +183,8 @@ class Engine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*self._loops, *tasks, return_exceptions=True)
+        self._fresh.clear()  # the file may change before a next start: runs then read it
+        self._fresh_bytes = 0
         if self._worker is not None and isinstance(self.store, SharedEngineStore):
             try:  # hand the instances in flight to other workers now rather than at lease expiry
                 await self.store.release_all(self._worker.id)
@@ -199,6 +224,7 @@ class Engine:
             seen.add(row.id)
         pks = await self.store.insert_instances(rows)
         for pk, row in zip(pks, rows, strict=True):
+            self._remember_fresh(pk, row)
             self._enqueue(pk, row.concurrency_key)
         return [
             Instance(
@@ -340,7 +366,7 @@ class Engine:
 
     async def pause(self, namespace: str, instance_id: str) -> Instance:
         """Pause: a running instance stops at its next step boundary (``waitingForPause``)."""
-        stored = await self._lookup(namespace, instance_id)
+        stored = await self._lookup_for_change(namespace, instance_id)
         status = stored.instance.status
         if status in (Status.PAUSED, Status.WAITING_FOR_PAUSE):
             return stored.instance
@@ -377,7 +403,7 @@ class Engine:
 
     async def resume(self, namespace: str, instance_id: str) -> Instance:
         """Resume a paused instance (or cancel a pause that has not taken effect yet)."""
-        stored = await self._lookup(namespace, instance_id)
+        stored = await self._lookup_for_change(namespace, instance_id)
         status = stored.instance.status
         now = self.clock.now_ms()
         if status == Status.WAITING_FOR_PAUSE:
@@ -417,7 +443,7 @@ class Engine:
 
     async def terminate(self, namespace: str, instance_id: str) -> Instance:
         """Stop the instance for good; an in-flight run is abandoned and can no longer commit."""
-        stored = await self._lookup(namespace, instance_id)
+        stored = await self._lookup_for_change(namespace, instance_id)
         if stored.instance.status in FINISHED:
             raise InvalidTransitionError(instance_id, "terminate", stored.instance.status)
         now = self.clock.now_ms()
@@ -442,7 +468,7 @@ class Engine:
         self, namespace: str, instance_id: str, from_step: RestartFrom | None = None
     ) -> Instance:
         """Run again from the start, or from ``from_step`` keeping the results of the steps before it."""
-        stored = await self._lookup(namespace, instance_id)
+        stored = await self._lookup_for_change(namespace, instance_id)
         keep = 0
         if from_step is not None:
             entries = await self.store.journal(stored.pk)
@@ -490,7 +516,7 @@ class Engine:
 
     async def delete(self, namespace: str, instance_id: str) -> None:
         """Delete the instance, its journal and its events (an in-flight run is abandoned)."""
-        stored = await self._lookup(namespace, instance_id)
+        stored = await self._lookup_for_change(namespace, instance_id)
         await self.store.update_instance(stored.pk, expect_status=_ALL, changes={}, now=self.clock.now_ms(),
                                          bump_generation=True)  # fmt: skip
         self._abort_active(stored.pk)
@@ -517,7 +543,7 @@ class Engine:
 
     async def replace_params(self, namespace: str, instance_id: str, params: Any) -> Instance:
         """Replace an unfinished instance's params (opaque to the engine; e.g. to re-route it)."""
-        stored = await self._lookup(namespace, instance_id)
+        stored = await self._lookup_for_change(namespace, instance_id)
         text = encode_payload(params, "params", self.config.max_params_bytes)
         updated = await self.store.update_instance(
             stored.pk,
@@ -547,6 +573,26 @@ class Engine:
         if stored is None:
             raise InstanceNotFoundError(namespace, instance_id)
         return stored
+
+    async def _lookup_for_change(self, namespace: str, instance_id: str) -> StoredInstance:
+        """``_lookup`` for an operation about to change the instance: its next run reads the store."""
+        stored = await self._lookup(namespace, instance_id)
+        self._forget_fresh(stored.pk)
+        return stored
+
+    def _remember_fresh(self, pk: int, row: NewInstance) -> None:
+        if self._worker is not None or not self._runs:
+            return  # see the module note: workers on a shared store always read
+        self._fresh[pk] = row
+        self._fresh_bytes += len(row.params or "")
+        while len(self._fresh) > FRESH_MAX_INSTANCES or self._fresh_bytes > FRESH_MAX_BYTES:
+            self._forget_fresh(next(iter(self._fresh)))
+
+    def _forget_fresh(self, pk: int) -> NewInstance | None:
+        row = self._fresh.pop(pk, None)
+        if row is not None:
+            self._fresh_bytes -= len(row.params or "")
+        return row
 
     def _after_transition(
         self, before: StoredInstance, after: StoredInstance | None, operation: str
@@ -669,10 +715,15 @@ class Engine:
 
     async def _execute(self, pk: int, generation: int | None) -> bool:
         """Run the instance once; True when its end was recorded (``finish_run`` released the lease)."""
-        loaded = await self.store.load_run(pk)
-        if loaded is None:
-            return False
-        stored, entries = loaded
+        entries: list[StepEntry]
+        fresh = self._forget_fresh(pk)
+        if fresh is not None:
+            stored, entries = _fresh_instance(pk, fresh), []
+        else:
+            loaded = await self.store.load_run(pk)
+            if loaded is None:
+                return False
+            stored, entries = loaded
         instance = stored.instance
         if instance.status not in _LIVE or stored.raw_wake_at != 0:
             return False  # paused, finished or rescheduled since it was queued
@@ -757,6 +808,29 @@ class Engine:
             error_message=outcome.error.message,
             purge_at=purge_at,
         )
+
+
+def _fresh_instance(pk: int, row: NewInstance) -> StoredInstance:
+    """What ``load_run`` returns for an instance just inserted from ``row`` (queued, ready, never run)."""
+    instance = Instance(
+        namespace=row.namespace,
+        id=row.id,
+        workflow=row.workflow,
+        status=Status.QUEUED,
+        params=None if row.params is None else json.loads(row.params),
+        output=None,
+        error=None,
+        concurrency_key=row.concurrency_key,
+        created_at=row.created_at,
+        started_at=None,
+        ended_at=None,
+        updated_at=row.created_at,
+        wake_at=None,
+        retention_ms=row.retention_ms,
+        generation=0,
+        affinity=row.affinity,
+    )
+    return StoredInstance(pk, instance, paused_wake_at=None, waiting_event=None, raw_wake_at=0)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:
