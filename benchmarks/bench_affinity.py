@@ -6,8 +6,10 @@ so together the workers can hold every tenant warm only if each keeps to its own
 benchmark process is an API-only platform: it deploys one workflow per tenant, runs one instance
 per tenant to warm up, then creates instances of random tenants in batches and waits for them.
 Figures are taken over the measured phase only: cache hits / (hits + misses) across workers, and
-the engine's ``claims_preferred / claims``. It runs twice: with affinity (workers prefer instances
-of the versions they hold warm) and without (``warm_affinity`` returns nothing), for comparison.
+the engine's ``claims_preferred / claims``, and aggregate durable steps/s (wall time of the measured
+rounds, each waited for until drained). It runs twice per worker count: with affinity (workers
+publish the versions they hold warm, and a ready instance is left to its warm worker for
+``EngineConfig.affinity_grace_ms``) and without (``warm_affinity`` returns nothing: greedy claiming).
 Tenants run on the in-process test backend, so the figures are about placement, not sandbox cost.
 """
 
@@ -152,6 +154,7 @@ async def _scenario(
         "claims_preferred_rate": round(preferred / max(1, claims), 4),
         "cold_starts": misses,
         "seconds": round(elapsed, 2),
+        "steps_per_s": round(rounds * batch * 2 / elapsed),  # SOURCE runs two steps
     }
 
 

@@ -22,10 +22,10 @@ the ready, unleased instances ranked per key (``row_number() OVER (PARTITION BY 
 fairly and within every key's limit in Python (``key_limit`` is a Python callable), then leases the
 picks with ``UPDATE ... WHERE pk IN (SELECT ... FOR UPDATE SKIP LOCKED)``. Affinity grace: the
 candidates leave out instances that became ready (``ready_at``, kept by a trigger) less than the grace
-ago and whose affinity some other live worker (a ``workers`` row seen within the lease time) prefers;
-the labels of the others are read before the lock, so a claim with no live peer costs what it did. Serializing claims is what
-makes per-key limits hold across workers (two claimers would otherwise both see a free slot); a
-claim takes about a millisecond, and one claim leases a whole batch. Taking over an expired lease
+ago and whose affinity some other live worker (a ``workers`` row seen within the lease time) prefers
+and this one does not; the same statement says when the first of them comes out of its grace.
+Serializing claims is what makes per-key limits hold across workers (two claimers would otherwise
+both see a free slot); a claim takes about a millisecond, and one claim leases a whole batch. Taking over an expired lease
 bumps the generation, so the old holder's writes are refused like those of a restarted run.
 ``finish_run`` releases the lease; a generation bump (restart, terminate, delete) clears it.
 Writes that make work ready or must reach a run in another worker send ``pg_notify`` inside their
@@ -71,26 +71,27 @@ log = logging.getLogger(__name__)
 
 _SERVER_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 """The server's clock in epoch ms: leases are judged by one clock, whatever the workers' clocks say."""
+# Ranked candidates, then one more row (pk NULL) saying in how many ms the first of the instances
+# left to other workers becomes claimable by anyone (NULL when none was left). $6: this worker,
+# $7: the grace, $8: the lease time (a worker not seen for that long is not live).
 _CANDIDATES = f"""
-WITH ready AS (
-    SELECT pk, ckey, affinity, row_number() OVER (PARTITION BY ckey ORDER BY pk) AS rn
+WITH others AS (
+    SELECT DISTINCT label FROM workers, unnest(preferred) AS label
+    WHERE id <> $6 AND seen_at >= {_SERVER_MS} - $8 AND label <> ''
+), unleased AS (
+    SELECT pk, ckey, affinity, ready_at, ready_at > {_SERVER_MS} - $7
+        AND affinity IN (SELECT label FROM others) AND affinity <> ALL($4::text[]) AS held
     FROM instances
     WHERE wake_at = 0 AND (lease_owner IS NULL OR lease_until < {_SERVER_MS}) AND pk <> ALL($3::bigint[])
-    AND NOT (ready_at > {_SERVER_MS} - $7 AND affinity IN (SELECT unnest($6::text[])))
+), ready AS (
+    SELECT pk, ckey, affinity, row_number() OVER (PARTITION BY ckey ORDER BY pk) AS rn
+    FROM unleased WHERE NOT held
 )
-SELECT pk, ckey, affinity = ANY($4::text[]) FROM ready
-WHERE rn <= $2 AND ($5 OR affinity = ANY($4::text[]))
-ORDER BY rn, pk LIMIT $1
-"""
-_OTHERS_PREFER = f"""
-SELECT DISTINCT label FROM workers, unnest(preferred) AS label
-WHERE id <> $1 AND seen_at >= {_SERVER_MS} - $2 AND label <> ''
-"""
-# When the first instance left to another worker (by _CANDIDATES) becomes claimable by anyone, in ms.
-_DEFERRED = f"""
-SELECT MIN(ready_at) + $3 - {_SERVER_MS} FROM instances
-WHERE wake_at = 0 AND (lease_owner IS NULL OR lease_until < {_SERVER_MS}) AND pk <> ALL($1::bigint[])
-AND ready_at > {_SERVER_MS} - $3 AND affinity IN (SELECT unnest($2::text[]))
+(SELECT pk, ckey, affinity = ANY($4::text[]), NULL::bigint FROM ready
+ WHERE rn <= $2 AND ($5 OR affinity = ANY($4::text[]))
+ ORDER BY rn, pk LIMIT $1)
+UNION ALL
+SELECT NULL, NULL, NULL, MIN(ready_at) + $7 - {_SERVER_MS} FROM unleased WHERE held
 """
 _PUBLISH = f"""
 WITH gone AS (DELETE FROM workers WHERE seen_at < {_SERVER_MS} - 10 * $3)
@@ -657,22 +658,24 @@ class PostgresStore(SharedEngineStore):
         grace = max(0, affinity_grace_ms)
 
         async def fn(conn: Any) -> Claims:
-            # Outside the lock: who else is live and what they hold warm (not a claim decision yet).
-            others: list[str] = []
-            if grace:
-                mine = set(wanted)
-                others = [
-                    r[0] for r in await conn.fetch(_OTHERS_PREFER, worker, lease_ms) if r[0] not in mine
-                ]
             async with conn.transaction():
                 await conn.execute(
                     "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"tenantflow:claim:{self.schema}"
                 )
-                picked = await self._pick(conn, limit, max_per_key, key_limit, wanted, busy, others, grace)
+                passes: list[list[Any]] = []
+                deferred: int | None = None
+                half = max(1, limit // 2)
+                args = (max_per_key, busy, wanted)
+                if wanted:  # preferred first, ranked per key like the rest, at most half the capacity
+                    passes.append(await conn.fetch(_CANDIDATES, half, *args, False, worker, grace, lease_ms))
+                passes.append(
+                    await conn.fetch(_CANDIDATES, limit + half, *args, True, worker, grace, lease_ms)
+                )
+                for n, rows in enumerate(passes):  # the row without a pk tells about instances left to others
+                    deferred = next((r[3] for r in rows if r[0] is None), deferred)
+                    passes[n] = [r for r in rows if r[0] is not None]
+                picked = await self._pick(conn, limit, max_per_key, key_limit, passes)
                 leased = await conn.fetch(_LEASE, worker, lease_ms, list(picked)) if picked else []
-            deferred: int | None = None
-            if others and len(leased) < limit:  # left some to others? then look again when their grace ends
-                deferred = await conn.fetchval(_DEFERRED, busy, others, grace)
             rank = {pk: n for n, pk in enumerate(picked)}  # start them in the order picked
             claims = [Claim(r[0], r[1], r[2], picked[r[0]]) for r in sorted(leased, key=lambda r: rank[r[0]])]
             return Claims(claims, None if deferred is None else max(1, deferred))
@@ -686,25 +689,16 @@ class PostgresStore(SharedEngineStore):
         limit: int,
         max_per_key: int,
         key_limit: Callable[[str], int] | None,
-        wanted: list[str],
-        busy: list[int],
-        others: list[str],
-        grace: int,
+        passes: list[list[Any]],
     ) -> dict[int, bool]:
-        """Under the claim lock: the instances to lease, in order, each with whether it was preferred."""
-        half = max(1, limit // 2)
-        passes: list[list[Any]] = []
-        args = (max_per_key, busy, wanted)
-        if wanted:  # preferred first, ranked per key like the rest, at most half the capacity
-            passes.append(await conn.fetch(_CANDIDATES, half, *args, False, others, grace))
-        passes.append(await conn.fetch(_CANDIDATES, limit + half, *args, True, others, grace))
+        """Under the claim lock: the candidates to lease, in order, each with whether it was preferred."""
         keys = sorted({r[1] for rows in passes for r in rows})
         if not keys:
             return {}
         live = {r[0]: r[1] for r in await conn.fetch(_LIVE_LEASES, keys)}
         picked: dict[int, bool] = {}
         for rows in passes:
-            for pk, key, is_preferred in rows:
+            for pk, key, is_preferred, _ in rows:
                 if len(picked) >= limit:
                     break
                 cap = max_per_key if key_limit is None else min(max_per_key, max(1, key_limit(key)))
