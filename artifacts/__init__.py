@@ -23,9 +23,11 @@ The API (all methods are coroutines of ``ArtifactStore``):
   ``BundleValidationError`` whose ``problems`` list every ``Problem(path, line, column, message)``.
   Re-uploading identical content returns the existing version with ``created=False``.
 * ``resolve(namespace, workflow, ref) -> Version`` (raises ``VersionNotFoundError``) and
-  ``get_version(...) -> Version | None``: one indexed lookup by alias, number or digest.
+  ``get_version(...) -> Version | None``: one indexed lookup by alias, number or digest (SQLite:
+  without a thread hop, and from memory while the file is unchanged; a move by any process is seen).
 * ``list_versions(namespace, workflow, *, limit=100, before=None)``, ``list_workflows(namespace)``.
 * ``read_bundle(digest) -> BundleFiles``: every blob verified on read; ``CorruptBlobError`` otherwise.
+  Recent bundles and derived forms stay in memory (``StoreConfig.memory_cache_bytes``, 64 MiB).
 * ``set_alias(namespace, workflow, alias, ref, *, actor, expected_generation=None)``,
   ``get_alias``, ``list_aliases``, ``alias_history``, ``rollback_alias(..., *, actor)``, ``delete_alias``.
 * ``delete_version(namespace, workflow, ref, *, in_use)``: ``in_use(digest) -> Awaitable[bool]`` is

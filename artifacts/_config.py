@@ -70,9 +70,21 @@ class StoreConfig:
     SQLite's busy timeout, PostgreSQL's ``lock_timeout``."""
     max_derived_bytes: int = 64 * MiB
     """Largest derived form (e.g. compiled guest bytecode) the store accepts."""
+    memory_cache_bytes: int = 64 * MiB
+    """Verified bundles (``read_bundle``) and derived forms (``get_derived``) kept in memory, least
+    recently used first out, bounded by their total bytes. Both are immutable per key (a bundle is
+    named by its digest), so a second cold load of a version reads and verifies nothing. 0 disables."""
+    resolve_cache_entries: int = 10_000
+    """Resolved versions (``resolve``/``get_version``) kept in memory per store object, SQLite only
+    (checked against the file's ``PRAGMA data_version`` on every call; see ``_sqlite.py``). Roughly
+    1-2 KiB each. 0: every resolve is an indexed read."""
 
     def __post_init__(self) -> None:
         if not self.busy_timeout_seconds > 0 or self.busy_timeout_seconds == float("inf"):
             raise ValueError("StoreConfig.busy_timeout_seconds must be a finite positive number")
         if self.max_derived_bytes <= 0:
             raise ValueError("StoreConfig.max_derived_bytes must be positive")
+        for name in ("memory_cache_bytes", "resolve_cache_entries"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"StoreConfig.{name} must be an integer >= 0 (0 disables), got {value!r}")

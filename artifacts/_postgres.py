@@ -6,6 +6,15 @@ first locks the workflow's counter row (``SELECT ... FOR UPDATE``, creating the 
 uploads and alias moves of one workflow serialize while different workflows proceed in parallel.
 Garbage collection takes an exclusive advisory lock that uploads and derived-form writes share, so
 it never deletes a blob an in-flight upload is about to reference. Reads are single statements.
+
+Resolve is deliberately not cached here (SQLite caches it, see ``_sqlite.py``). A cache is only
+correct with an invalidation signal that cannot be missed: checking a per-namespace generation
+costs the same round trip as the indexed read it would save, and LISTEN/NOTIFY leaves a window
+between another machine's commit and the notification's arrival (and a lost connection loses
+notifications), in which a resolve would return the alias's old target after the move was
+acknowledged. An alias move must be visible to the next resolve on every machine, so each resolve
+reads the database. Bundles and derived forms, immutable per digest, are kept in memory for every
+backend (``_store.py``).
 """
 
 from __future__ import annotations

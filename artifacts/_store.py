@@ -1,6 +1,18 @@
 """``ArtifactStore``: the API. Validation, digests, verification and argument checks live here, once;
 persistence is delegated to a ``StorageBackend`` (``_backend.py``), so a PostgreSQL store is a second
 backend class, not a second copy of this logic.
+
+Design note (in-memory bundles). A bundle is named by the sha256 of its content, so what
+``read_bundle(digest)`` returns can never change; the same holds for a derived form per (digest,
+backend, backend version), which only the platform writes. Both are kept here, after verification,
+in one LRU bounded by total bytes (``StoreConfig.memory_cache_bytes``), for every backend: a
+version's second cold load neither reads nor re-verifies. Nothing needs invalidating except
+(a) ``put_derived`` replacing a form (the entry is dropped, and the next ``get_derived`` reads and
+verifies the stored one) and (b) ``collect_garbage`` on this store object (the cache is emptied).
+A bundle garbage-collected by *another* process may still be served from this memory; that is
+harmless (the content is verified and immutable, and a version cannot be deleted while an alias or
+a live instance pins it). Storage corruption that happens after a verified read is found on the
+next read from storage, i.e. after eviction or in another process. Misses are not cached.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ from types import MappingProxyType, TracebackType
 from typing import Self
 
 from ._backend import NewBundle, StorageBackend, StoredFile
+from ._cache import LRU
 from ._config import StoreConfig
 from ._digest import (
     blob_digest,
@@ -86,6 +99,11 @@ class ArtifactStore:
         self._config = config or StoreConfig()
         self._clock = clock or (lambda: datetime.now(UTC))
         self._closed = False
+        # digest -> BundleFiles, (digest, backend, backend_version) -> bytes; cost = bytes held
+        self._memory: LRU[str | tuple[str, str, str], BundleFiles | bytes] = LRU(
+            self._config.memory_cache_bytes
+        )
+        self._derived_writes = 0
 
     @property
     def config(self) -> StoreConfig:
@@ -156,7 +174,11 @@ class ArtifactStore:
         return await backend.find_version(namespace, workflow, parse_ref(ref))
 
     async def resolve(self, namespace: str, workflow: str, ref: int | str) -> Version:
-        """Like ``get_version`` but raises ``VersionNotFoundError``. One indexed lookup."""
+        """Like ``get_version`` but raises ``VersionNotFoundError``.
+
+        One indexed lookup (on SQLite: on the caller's thread, from memory while the file is unchanged).
+        An alias moved by any store object or process is seen by the next call.
+        """
         version = await self.get_version(namespace, workflow, ref)
         if version is None:
             raise VersionNotFoundError(namespace, workflow, str(parse_ref(ref)))
@@ -180,16 +202,24 @@ class ArtifactStore:
         return await backend.list_workflows(namespace)
 
     async def read_bundle(self, digest: str) -> BundleFiles:
-        """The files of a stored bundle, each verified against its sha256 on this read.
+        """The files of a stored bundle, each verified against its sha256 when read from storage.
 
-        Raises ``CorruptBlobError`` (nothing of the bundle is returned) or ``VersionNotFoundError``.
+        Recently read bundles are served from memory (``StoreConfig.memory_cache_bytes``; see the
+        module's design note). Raises ``CorruptBlobError`` (nothing of the bundle is returned) or
+        ``VersionNotFoundError``.
         """
         backend = self._open()
         check_digest(digest)
+        cached = self._memory.get(digest)
+        if isinstance(cached, BundleFiles):
+            return cached
         loaded = await backend.load_bundle(digest)
         if loaded is None:
             raise VersionNotFoundError(None, None, digest)
-        return await asyncio.to_thread(_verify, digest, *loaded)
+        files = await asyncio.to_thread(_verify, digest, *loaded)
+        cost = sum(len(data) for data in files.files.values()) + len(loaded[0])
+        self._memory.put(digest, files, cost)
+        return files
 
     # -- aliases -------------------------------------------------------------------------------
 
@@ -302,7 +332,10 @@ class ArtifactStore:
 
     async def collect_garbage(self) -> GcResult:
         """Delete bundles no version references (with their derived forms) and unreferenced blobs."""
-        return await self._open().collect_garbage()
+        try:
+            return await self._open().collect_garbage()
+        finally:
+            self._memory.clear()  # whatever was removed is no longer served from memory here
 
     # -- derived forms -------------------------------------------------------------------------
 
@@ -324,6 +357,8 @@ class ArtifactStore:
                 f"{self._config.max_derived_bytes:,} (StoreConfig.max_derived_bytes)"
             )
         sha = hashlib.sha256(data).hexdigest()
+        self._memory.discard((digest, backend, backend_version))
+        self._derived_writes += 1  # a get_derived reading the old form meanwhile will not keep it
         await store.put_derived(digest, backend, backend_version, sha, data, now=self._clock())
 
     async def get_derived(self, digest: str, backend: str, backend_version: str) -> bytes | None:
@@ -332,6 +367,11 @@ class ArtifactStore:
         check_digest(digest)
         check_label("backend", backend)
         check_label("backend_version", backend_version)
+        key = (digest, backend, backend_version)
+        cached = self._memory.get(key)
+        if isinstance(cached, bytes):
+            return cached
+        writes = self._derived_writes
         found = await store.get_derived(digest, backend, backend_version)
         if found is None:
             return None
@@ -344,6 +384,8 @@ class ArtifactStore:
                 expected="sha256:" + expected,
                 actual="sha256:" + actual,
             )
+        if writes == self._derived_writes:
+            self._memory.put(key, data, len(data))
         return data
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -353,6 +395,7 @@ class ArtifactStore:
         if self._closed:
             return
         self._closed = True
+        self._memory.clear()
         await self._backend.aclose()
 
     async def __aenter__(self) -> Self:
