@@ -7,6 +7,10 @@ under the component ``control``, all pending ones in one transaction holding an 
 by the schema, so several processes starting at once serialize and the later ones find nothing to do.
 ``update_tenant`` reads the row ``FOR UPDATE`` so two API processes changing one tenant's policy at
 once never lose either change's untouched fields.
+
+Version 2 adds the tenant state that must survive a machine: ``env.kv`` entries (``kv``, with the
+per-tenant byte count ``kv_usage`` and the functions ``kv_put``/``kv_delete`` that keep it exact,
+see ``_bindings/_kv_pg.py``) and the per-tenant creation-rate buckets (``creation_buckets``).
 """
 
 from __future__ import annotations
@@ -50,12 +54,87 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX ix_tokens_tenant ON tokens (tenant, created_at);
     """,
+    # 2: tenant state every machine shares: env.kv entries, their quota accounting, and the
+    # creation-rate token buckets (see _bindings/_kv_pg.py and PostgresControlStore.take_creation_tokens)
+    """
+    CREATE TABLE kv (
+        tenant TEXT NOT NULL,
+        key BYTEA NOT NULL,
+        value TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        PRIMARY KEY (tenant, key)
+    );
+    CREATE TABLE kv_usage (
+        tenant TEXT PRIMARY KEY,
+        bytes BIGINT NOT NULL
+    );
+    CREATE FUNCTION kv_put(p_tenant TEXT, p_key BYTEA, p_value TEXT, p_size INTEGER, p_quota BIGINT,
+                           OUT stored BOOLEAN, OUT used BIGINT)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        old_size INTEGER;
+    BEGIN
+        -- The usage row is locked first by every writer of the tenant, so its count stays exact.
+        SELECT u.bytes INTO used FROM kv_usage u WHERE u.tenant = p_tenant FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO kv_usage (tenant, bytes) VALUES (p_tenant, 0) ON CONFLICT (tenant) DO NOTHING;
+            SELECT u.bytes INTO used FROM kv_usage u WHERE u.tenant = p_tenant FOR UPDATE;
+        END IF;
+        SELECT k.size INTO old_size FROM kv k WHERE k.tenant = p_tenant AND k.key = p_key;
+        old_size := COALESCE(old_size, 0);
+        IF p_size > old_size AND used + p_size - old_size > p_quota THEN
+            stored := FALSE;
+            RETURN;
+        END IF;
+        INSERT INTO kv (tenant, key, value, size) VALUES (p_tenant, p_key, p_value, p_size)
+        ON CONFLICT (tenant, key) DO UPDATE SET value = EXCLUDED.value, size = EXCLUDED.size;
+        used := used + p_size - old_size;
+        UPDATE kv_usage SET bytes = used WHERE tenant = p_tenant;
+        stored := TRUE;
+    END
+    $$;
+    CREATE FUNCTION kv_delete(p_tenant TEXT, p_key BYTEA) RETURNS BOOLEAN
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        old_size INTEGER;
+    BEGIN
+        PERFORM 1 FROM kv_usage u WHERE u.tenant = p_tenant FOR UPDATE;
+        DELETE FROM kv k WHERE k.tenant = p_tenant AND k.key = p_key RETURNING k.size INTO old_size;
+        IF NOT FOUND THEN
+            RETURN FALSE;
+        END IF;
+        UPDATE kv_usage SET bytes = bytes - old_size WHERE tenant = p_tenant;
+        RETURN TRUE;
+    END
+    $$;
+    CREATE TABLE creation_buckets (
+        tenant TEXT PRIMARY KEY,
+        tokens DOUBLE PRECISION NOT NULL,
+        refilled_at DOUBLE PRECISION NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _TENANT_COLS = "id, display_name, status, policy, created_at"
 _TOKEN_COLS = "id, tenant, label, created_at, revoked_at"
+
+
+_NOW = "extract(epoch FROM clock_timestamp())::float8"
+_RATE, _COUNT = "$2::float8", "$3::float8"
+_REFILLED = f"LEAST({_RATE}, b.tokens + GREATEST(0, {_NOW} - b.refilled_at) * {_RATE})"
+_TAKE_TOKENS = f"""
+INSERT INTO creation_buckets AS b (tenant, tokens, refilled_at)
+SELECT $1::text, {_RATE} - {_COUNT}, {_NOW} WHERE {_COUNT} <= {_RATE}
+ON CONFLICT (tenant) DO UPDATE
+SET tokens = {_REFILLED} - {_COUNT}, refilled_at = GREATEST(b.refilled_at, {_NOW})
+WHERE {_REFILLED} >= {_COUNT}
+RETURNING tokens
+"""
+"""A token bucket refilling ``$2`` tokens per second up to ``$2`` (one second's burst): takes ``$3``
+tokens, or nothing (no row returned)."""
+_PEEK_TOKENS = f"SELECT {_REFILLED} FROM creation_buckets b WHERE tenant = $1"
 
 
 class ControlSchemaError(RuntimeError):
@@ -232,6 +311,22 @@ class PostgresControlStore(ControlStore):
         status = await self._pool.execute(sql, *args)
         if status.endswith(" 0"):
             raise NotFoundError(f"token {token_id!r} not found")
+
+    # -- creation rate -------------------------------------------------------------------------
+
+    async def take_creation_tokens(self, tenant: str, rate: float, count: int) -> float | None:
+        """Take ``count`` tokens from the tenant's bucket shared by every process; None when taken,
+        else the seconds until enough have refilled (nothing is taken then).
+
+        One statement: the row lock orders concurrent callers, and the database's clock (not each
+        machine's) measures the refill, so skewed machines agree.
+        """
+        tokens = await self._pool.fetchval(_TAKE_TOKENS, tenant, float(rate), float(count))
+        if tokens is not None:
+            return None
+        available = await self._pool.fetchval(_PEEK_TOKENS, tenant, float(rate))
+        available = float(rate) if available is None else float(available)
+        return max(0.0, (count - available) / rate)
 
     async def _insert_token(self, info: TokenInfo, secret: str) -> None:
         await self._pool.execute(

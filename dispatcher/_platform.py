@@ -11,8 +11,11 @@ Data directory layout: ``engine.db``, ``artifacts.db``, ``control.db``, ``tenant
 Scale-out (``db="postgresql://..."``): every store lives in PostgreSQL, each in its own schema under
 one prefix (``<schema>_engine``, ``<schema>_artifacts``, ``<schema>_control``), shared by any number
 of API and worker processes on any number of machines. ``data_dir`` then only holds this process's
-caches: ``artifact-cache/`` (bundles and derived forms fetched by digest, verified on every read)
-and the bindings' ``tenants/`` files. ``worker=False`` opens an API-only platform: it creates,
+caches: ``artifact-cache/`` (bundles and derived forms fetched by digest, verified on every read).
+Tenant state that must survive a machine is in the database too: ``env.kv`` entries (one table,
+quota counted across every machine) and the creation-rate buckets (one row per tenant, so N API
+processes do not allow N times ``creation_rate``). ``env.db`` is refused there: it keeps a SQLite
+file per machine (see ``dispatcher._bindings.DB_ON_POSTGRES``). ``worker=False`` opens an API-only platform: it creates,
 controls and observes instances, and never runs one. Each instance carries the affinity label
 ``tenant@digest``; a worker prefers to claim instances of the versions its warm cache holds.
 Tenants and policies are re-read from the control store every ``tenant_refresh_seconds``, so a
@@ -30,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from artifacts import (
@@ -80,6 +83,9 @@ from ._executor import TenantExecutor
 from ._logs import InstanceLogs
 from ._policy import Tenant, TenantPolicy, validate_tenant_id
 
+if TYPE_CHECKING:
+    from ._bindings._kv_pg import PostgresKVBackend
+
 log = logging.getLogger(__name__)
 _LIVE = ("queued", "running", "waiting", "waitingForPause")
 MiB = 1024 * 1024
@@ -104,18 +110,32 @@ OPERATOR = Principal(None, "internal")
 
 
 class _RateLimiter:
-    """A token bucket per tenant: ``rate`` per second, bursts up to one second's worth."""
+    """A token bucket per tenant in this process: ``rate`` per second, bursts up to one second's
+    worth. The embedded platform has one process; a PostgreSQL platform uses ``_SharedRateLimiter``."""
 
     def __init__(self) -> None:
         self._buckets: dict[str, tuple[float, float]] = {}
 
-    def take(self, tenant: str, rate: float, count: int = 1) -> None:
+    async def take(self, tenant: str, rate: float, count: int = 1) -> None:
         now = time.monotonic()
         tokens, last = self._buckets.get(tenant, (rate, now))
         tokens = min(rate, tokens + (now - last) * rate)
         if tokens < count:
             raise RateLimitedError(tenant, rate, (count - tokens) / rate)
         self._buckets[tenant] = (tokens - count, now)
+
+
+class _SharedRateLimiter:
+    """The same bucket, one row per tenant in the database, so the rate holds across every API
+    process on every machine (N processes do not allow N times the rate)."""
+
+    def __init__(self, control: PostgresControlStore) -> None:
+        self._control = control
+
+    async def take(self, tenant: str, rate: float, count: int = 1) -> None:
+        retry_after = await self._control.take_creation_tokens(tenant, rate, count)
+        if retry_after is not None:
+            raise RateLimitedError(tenant, rate, retry_after)
 
 
 class Platform:
@@ -132,6 +152,7 @@ class Platform:
         artifacts: ArtifactStore,
         cache_options: Mapping[str, Any],
         disk_cache: DiskArtifactCache | None = None,
+        shared_kv: PostgresKVBackend | None = None,
         worker: bool = True,
         tenant_refresh_seconds: float | None = None,
     ) -> None:
@@ -147,7 +168,11 @@ class Platform:
         self.logs = InstanceLogs()
         self._tenants: dict[str, Tenant] = {}
         self._bindings: dict[str, Bindings] = {}
-        self._rates = _RateLimiter()
+        self.shared_kv = shared_kv
+        """``env.kv`` in the shared database (None with SQLite: a file per tenant in ``data_dir``)."""
+        self._rates: _RateLimiter | _SharedRateLimiter = (
+            _SharedRateLimiter(control) if isinstance(control, PostgresControlStore) else _RateLimiter()
+        )
         self.cache = WarmCache(self.backends, self._prepare, **cache_options)
         self.executor = TenantExecutor(
             tenant=self._tenant, bindings=self._bindings_for, cache=self.cache, logs=self.logs
@@ -193,13 +218,14 @@ class Platform:
         await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
         config = engine_config or EngineConfig()
         disk_cache: DiskArtifactCache | None = None
+        shared_kv: PostgresKVBackend | None = None
         refresh: float | None = None
         if db is None:
             control: ControlStore = await SqliteControlStore.open(directory / "control.db")
             artifacts: ArtifactStore = await SqliteArtifactStore.open(directory / "artifacts.db")
             engine_store: EngineStore = SqliteStore(directory / "engine.db", config)
         else:
-            control, artifacts, engine_store = await _open_postgres(db, schema, config)
+            control, artifacts, engine_store, shared_kv = await _open_postgres(db, schema, config)
             disk_cache = await DiskArtifactCache.open(
                 directory / "artifact-cache", max_bytes=artifact_cache_bytes
             )
@@ -214,13 +240,17 @@ class Platform:
                 artifacts=artifacts,
                 cache_options=cache_options or {},
                 disk_cache=disk_cache,
+                shared_kv=shared_kv,
                 worker=worker,
                 tenant_refresh_seconds=refresh,
             )
             for tenant in await control.list_tenants():
                 platform._tenants[tenant.id] = tenant
         except BaseException:
-            await _close_all(engine_store.aclose(), artifacts.aclose(), control.aclose())
+            closers = [engine_store.aclose(), artifacts.aclose(), control.aclose()]
+            if shared_kv is not None:
+                closers.append(shared_kv.aclose())
+            await _close_all(*closers)
             raise
         if start:
             await platform.start()
@@ -257,6 +287,8 @@ class Platform:
         self._bindings.clear()
         for backend in self.backends.values():
             await backend.aclose()
+        if self.shared_kv is not None:
+            await self.shared_kv.aclose()
         await self.artifacts.aclose()
         await self.control.aclose()
 
@@ -305,6 +337,7 @@ class Platform:
         _require_operator(principal)
         validate_tenant_id(tenant_id)
         parsed = TenantPolicy.from_json(dict(policy or {}))
+        self._check_bindings(parsed, None)
         tenant = await self.control.create_tenant(tenant_id, display_name or tenant_id, parsed)
         self._tenants[tenant.id] = tenant
         _, secret = await self.control.create_token(tenant.id, "created with the tenant")
@@ -323,6 +356,7 @@ class Platform:
         _require_operator(principal)
         current = await self._tenant(tenant_id)
         policy = TenantPolicy.from_json(dict(changes), base=current.policy)
+        self._check_bindings(policy, current.policy)
         tenant = await self.control.update_tenant(tenant_id, policy=policy)
         self._policy_changed(tenant)
         return tenant
@@ -487,7 +521,7 @@ class Platform:
             raise TenantSuspendedError(f"tenant {tenant_id!r} is suspended; new instances are refused")
         resolved = await self.resolve_version(principal, tenant_id, workflow, version)
         route = Route(tenant_id, workflow, resolved.digest)
-        self._rates.take(tenant_id, tenant.policy.creation_rate, len(items))
+        await self._rates.take(tenant_id, tenant.policy.creation_rate, len(items))
         requests = [
             CreateRequest(
                 workflow,
@@ -687,6 +721,20 @@ class Platform:
 
     # -- internals -----------------------------------------------------------------------------
 
+    def _check_bindings(self, policy: TenantPolicy, before: TenantPolicy | None) -> None:
+        """On a PostgreSQL platform, refuse a policy that newly grants ``db`` (see ``DB_ON_POSTGRES``).
+
+        A policy that already granted it (written before, or through an embedded platform) may
+        still be changed in other fields; its ``env.db`` calls fail with the same reason."""
+        if self.shared_kv is None or "db" not in policy.bindings:
+            return
+        if before is None or "db" not in before.bindings or policy.bindings != before.bindings:
+            from ._bindings import DB_ON_POSTGRES
+
+            raise InvalidRequestError(
+                "policy.bindings", f"cannot grant 'db' here. {DB_ON_POSTGRES}; grant kv instead"
+            )
+
     def _authorize(self, principal: Principal, tenant_id: str) -> None:
         if not principal.is_operator and principal.tenant != tenant_id:
             raise NotFoundError(f"tenant {tenant_id!r} not found")
@@ -741,6 +789,7 @@ class Platform:
                     fetch_max_response_bytes=policy.fetch_max_response_bytes,
                 ),
                 self.data_dir,
+                shared_kv=self.shared_kv,
             )
             self._bindings[tenant.id] = bindings
         return bindings
@@ -818,8 +867,9 @@ def redact_dsn(dsn: str) -> str:
 
 async def _open_postgres(
     dsn: str, schema: str, config: EngineConfig
-) -> tuple[ControlStore, ArtifactStore, EngineStore]:
-    """The three stores in ``dsn`` under the schema prefix ``schema``, migrated and connected."""
+) -> tuple[PostgresControlStore, ArtifactStore, EngineStore, PostgresKVBackend]:
+    """The three stores in ``dsn`` under the schema prefix ``schema``, migrated and connected, and
+    the shared ``env.kv`` (in the control schema, whose migrations create its table)."""
     shown = redact_dsn(dsn)
     if not dsn.startswith(("postgresql://", "postgres://")):
         raise DatabaseUnavailableError(shown, "expected a DSN like postgresql://user@host:5432/dbname")
@@ -836,13 +886,17 @@ async def _open_postgres(
         engine_store = PostgresStore(dsn, config, schema=f"{schema}_engine")
         await engine_store.open()  # opened now, so a bad database fails here and clearly
         opened.append(engine_store)
+        from ._bindings._kv_pg import PostgresKVBackend
+
+        shared_kv = await PostgresKVBackend.open(dsn, schema=f"{schema}_control")
+        opened.append(shared_kv)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         await _close_all(*(store.aclose() for store in reversed(opened)))
         raise DatabaseUnavailableError(shown, str(exc) or type(exc).__name__) from exc
     except BaseException:
         await _close_all(*(store.aclose() for store in reversed(opened)))
         raise
-    return control, artifacts, engine_store
+    return control, artifacts, engine_store, shared_kv
 
 
 async def _close_all(*closers: Any) -> None:

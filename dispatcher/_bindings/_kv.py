@@ -1,16 +1,21 @@
-"""``env.kv``: a JSON key-value store in the table ``_tf_kv`` of the tenant's database.
+"""``env.kv``: a JSON key-value store of the tenant's, kept where the platform keeps tenant state.
 
 Keys are non-empty strings of at most 512 characters; values are any JSON, stored as JSON text.
-``list`` pages through keys in code point order (SQLite's BINARY collation on UTF-8 agrees with
-Python's ``str`` order); the cursor is the last key of the page, so a page never repeats or skips a
-key that existed throughout, whatever is written meanwhile.
+``list`` pages through keys in code point order; the cursor is the last key of the page, so a page
+never repeats or skips a key that existed throughout, whatever is written meanwhile.
+
+``KVBinding`` checks the arguments and the limits; a ``KVStore`` does the I/O. Two stores:
+``SqliteKV`` (here: the table ``_tf_kv`` of the tenant's SQLite file, the embedded default, whose
+quota is the file size it shares with ``env.db``) and ``PostgresKV`` (``_kv_pg.py``: one table
+shared by every machine of a scale-out platform). Both order keys by code point (SQLite's BINARY
+collation on UTF-8, PostgreSQL's ``bytea`` of the UTF-8 key) and answer the same calls alike.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from typing import Any, Protocol
 
 from sandbox import JSON
 
@@ -31,13 +36,67 @@ SIGNATURES = {
 }
 
 
-class KVBinding:
-    """The host side of ``env.kv``."""
+class KVStore(Protocol):
+    """Where one tenant's entries live. Arguments are already checked; failures are ``HostCallError``."""
 
-    signatures = SIGNATURES
+    def get(self, key: str) -> str | None:
+        """The JSON text stored under ``key``, or None."""
+
+    def put(self, key: str, text: str) -> None:
+        """Store ``text`` under ``key`` (atomically: all of it or, on any error, nothing)."""
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; whether it existed."""
+
+    def keys(self, low: str, high: str | None, after: str | None, limit: int) -> list[str]:
+        """At most ``limit`` keys ``k`` with ``low <= k`` (``< high``) (``> after``), in code point order."""
+
+
+class SqliteKV:
+    """``KVStore`` on the table ``_tf_kv`` of the tenant's SQLite file (one transaction a call)."""
 
     def __init__(self, storage: TenantStorage) -> None:
         self._storage = storage
+
+    def get(self, key: str) -> str | None:
+        with self._storage.transaction() as tx:
+            row = tx.host(f"SELECT value FROM {KV_TABLE} WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def put(self, key: str, text: str) -> None:
+        with self._storage.transaction() as tx:
+            tx.host(
+                f"INSERT INTO {KV_TABLE} (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, text),
+            )
+
+    def delete(self, key: str) -> bool:
+        with self._storage.transaction() as tx:
+            return tx.host(f"DELETE FROM {KV_TABLE} WHERE key = ?", (key,)).rowcount > 0
+
+    def keys(self, low: str, high: str | None, after: str | None, limit: int) -> list[str]:
+        sql = f"SELECT key FROM {KV_TABLE} WHERE key >= ?"
+        params: list[Any] = [low]
+        if high is not None:
+            sql += " AND key < ?"
+            params.append(high)
+        if after is not None:
+            sql += " AND key > ?"
+            params.append(after)
+        sql += " ORDER BY key LIMIT ?"
+        params.append(limit)
+        with self._storage.transaction() as tx:
+            return [row[0] for row in tx.host(sql, tuple(params))]
+
+
+class KVBinding:
+    """The host side of ``env.kv``: argument checks and limits, then the tenant's ``KVStore``."""
+
+    signatures = SIGNATURES
+
+    def __init__(self, store: KVStore) -> None:
+        self._store = store
 
     def invoke(self, method: str, args: dict[str, Any]) -> JSON:
         if method == "get":
@@ -49,10 +108,8 @@ class KVBinding:
         return self.list(**args)
 
     def get(self, key: object) -> JSON:
-        key = _key(key)
-        with self._storage.transaction() as tx:
-            row = tx.host(f"SELECT value FROM {KV_TABLE} WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        text = self._store.get(_key(key))
+        return None if text is None else json.loads(text)
 
     def put(self, key: object, value: object) -> None:
         key = _key(key)
@@ -66,38 +123,18 @@ class KVBinding:
                 "ValueError",
                 f"env.kv.put: value is {size} bytes encoded; one value may hold {MAX_VALUE_BYTES}",
             )
-        with self._storage.transaction() as tx:
-            tx.host(
-                f"INSERT INTO {KV_TABLE} (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, text),
-            )
+        self._store.put(key, text)
 
     def delete(self, key: object) -> bool:
-        key = _key(key)
-        with self._storage.transaction() as tx:
-            return tx.host(f"DELETE FROM {KV_TABLE} WHERE key = ?", (key,)).rowcount > 0
+        return self._store.delete(_key(key))
 
     def list(self, prefix: object, limit: object, cursor: object) -> JSON:
         prefix = want_str(prefix, "env.kv.list: prefix", max_chars=MAX_KEY_CHARS, allow_empty=True)
         limit = want_int(limit, "env.kv.list: limit", low=1, high=MAX_LIST_LIMIT)
         after = None if cursor is None else _decode_cursor(cursor)
-        sql = f"SELECT key FROM {KV_TABLE} WHERE key >= ?"
-        params: list[Any] = [prefix]
-        if prefix:
-            sql += " AND substr(key, 1, ?) = ?"
-            params += [len(prefix), prefix]
-            upper = _successor(prefix)
-            if upper is not None:
-                sql += " AND key < ?"
-                params.append(upper)
-        if after is not None:
-            sql += " AND key > ?"
-            params.append(after)
-        sql += " ORDER BY key LIMIT ?"
-        params.append(limit + 1)
-        with self._storage.transaction() as tx:
-            keys = [row[0] for row in tx.host(sql, tuple(params))]
+        # Every key starting with ``prefix`` lies in [prefix, successor): a range, never a pattern.
+        high = _successor(prefix) if prefix else None
+        keys = self._store.keys(prefix, high, after, limit + 1)
         more = len(keys) > limit
         keys = keys[:limit]
         return {"keys": keys, "cursor": _encode_cursor(keys[-1]) if more else None}

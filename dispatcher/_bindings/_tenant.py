@@ -15,7 +15,7 @@ import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sandbox import JSON, HostCallError
 
@@ -23,16 +23,26 @@ from ._args import Signature
 from ._db import DBBinding
 from ._errors import NOT_GRANTED, echo, refuse
 from ._fetch import FetchBinding
-from ._kv import KVBinding
+from ._kv import KVBinding, KVStore, SqliteKV
 from ._policy import KNOWN_BINDINGS, BindingPolicy
 from ._secrets import SecretsBinding
 from ._storage import TenantStorage
+
+if TYPE_CHECKING:
+    from ._kv_pg import PostgresKVBackend
 
 logger = logging.getLogger("dispatcher.bindings")
 
 _TENANT_ID = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9_-]{0,99}", re.ASCII)
 _DEFAULT_METHOD = {"fetch": "request"}
 """``env.fetch(...)`` is callable itself: the name ``env.fetch`` means ``env.fetch.request``."""
+DB_ON_POSTGRES = (
+    "env.db is not available on a scale-out (PostgreSQL) platform: the db binding keeps a SQLite "
+    "database on each machine, so a step that runs on another machine would not see the rows and a "
+    "machine that dies would lose them. Use env.kv, which every machine shares, or run the embedded "
+    "(single-machine, SQLite) deployment to use env.db"
+)
+"""Why ``env.db`` is refused on a PostgreSQL platform (at policy time and at call time)."""
 
 
 class _Binding(Protocol):
@@ -46,11 +56,20 @@ class TenantBindings:
     """The bindings of one tenant: ``env.kv``, ``env.db``, ``env.fetch``, ``env.secrets``.
 
     ``call`` is synchronous and thread-safe (sandboxes call it from their worker threads). The
-    database file ``data_dir/tenants/<tenant>.sqlite3`` is opened on first use. ``close()`` is
-    idempotent; calls after it fail with ``RuntimeError`` in the guest.
+    database file ``data_dir/tenants/<tenant>.sqlite3`` is opened on first use. With ``shared_kv``
+    (a PostgreSQL platform) ``env.kv`` lives in the shared database instead, and ``env.db`` is
+    refused even when granted (``DB_ON_POSTGRES`` says why). ``close()`` is idempotent; calls after
+    it fail with ``RuntimeError`` in the guest.
     """
 
-    def __init__(self, tenant: str, policy: BindingPolicy, data_dir: Path) -> None:
+    def __init__(
+        self,
+        tenant: str,
+        policy: BindingPolicy,
+        data_dir: Path,
+        *,
+        shared_kv: PostgresKVBackend | None = None,
+    ) -> None:
         if not isinstance(tenant, str) or _TENANT_ID.fullmatch(tenant) is None:
             raise ValueError(f"invalid tenant id {tenant!r}")
         self.tenant = tenant
@@ -63,8 +82,14 @@ class TenantBindings:
             timeout_seconds=policy.db_timeout_seconds,
         )
         self._fetch = FetchBinding(self._current_policy)
+        kv: KVStore = (
+            SqliteKV(self._storage)
+            if shared_kv is None
+            else shared_kv.for_tenant(tenant, self._current_policy)
+        )
+        self._db_refusal = None if shared_kv is None else DB_ON_POSTGRES
         self._bindings: dict[str, _Binding] = {
-            "kv": KVBinding(self._storage),
+            "kv": KVBinding(kv),
             "db": DBBinding(self._storage, self._current_policy),
             "fetch": self._fetch,
             "secrets": SecretsBinding(self._current_policy),
@@ -79,7 +104,7 @@ class TenantBindings:
 
     @property
     def database_path(self) -> Path:
-        """Where this tenant's kv/db file lives (it may not exist yet)."""
+        """Where this tenant's SQLite file lives (it may not exist yet; with ``shared_kv`` it holds nothing)."""
         return self._storage.path
 
     def update_policy(self, policy: BindingPolicy) -> None:
@@ -126,6 +151,8 @@ class TenantBindings:
                 f"binding {binding_name!r} is not granted to this tenant; an operator can grant it in "
                 f'the tenant policy (bindings: ["{binding_name}"])',
             )
+        if binding_name == "db" and self._db_refusal is not None:
+            raise refuse(NOT_GRANTED, f"binding 'db' is granted but cannot run here: {self._db_refusal}")
         signature = binding.signatures.get(method)
         if signature is None:
             methods = ", ".join(f"env.{binding_name}.{m}" for m in sorted(binding.signatures))

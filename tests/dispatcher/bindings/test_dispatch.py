@@ -23,7 +23,12 @@ CALLS = {
 
 
 def test_exports_are_pinned() -> None:
-    assert sorted(bindings_pkg.__all__) == ["BindingPolicy", "KNOWN_BINDINGS", "TenantBindings"]
+    assert sorted(bindings_pkg.__all__) == [
+        "BindingPolicy",
+        "DB_ON_POSTGRES",
+        "KNOWN_BINDINGS",
+        "TenantBindings",
+    ]
     assert frozenset({"kv", "db", "fetch", "secrets"}) == bindings_pkg.KNOWN_BINDINGS
 
 

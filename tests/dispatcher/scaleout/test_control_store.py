@@ -90,11 +90,43 @@ async def test_postgres_migrations_are_versioned_and_safe_to_race(pg_schema: PgS
         rows = await conn.fetch(
             f"SELECT component, version FROM {pg_schema.name}.schema_version ORDER BY version"
         )
-        assert [tuple(r) for r in rows] == [("control", 1)]
-        assert await migrate(conn, pg_schema.name) == 1  # nothing left to apply
+        assert [tuple(r) for r in rows] == [("control", 1), ("control", 2)]
+        assert await migrate(conn, pg_schema.name) == 2  # nothing left to apply
         await conn.execute(f"INSERT INTO {pg_schema.name}.schema_version VALUES ('control', 99)")
         with pytest.raises(RuntimeError, match="upgrade tenantflow"):
             await PostgresControlStore.open(pg_schema.dsn, schema=pg_schema.name)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.postgres
+async def test_a_version_1_schema_upgrades_to_version_2_keeping_its_tenants(pg_schema: PgSchema) -> None:
+    import asyncpg
+
+    from dispatcher._control_pg import MIGRATIONS
+
+    conn = await asyncpg.connect(pg_schema.dsn)
+    try:  # a database an earlier tenantflow made: migration 1 only, with a tenant in it
+        await conn.execute(f"CREATE SCHEMA {pg_schema.name}; SET search_path TO {pg_schema.name}")
+        await conn.execute(
+            "CREATE TABLE schema_version (component TEXT NOT NULL, version INTEGER NOT NULL, "
+            "applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (component, version))"
+        )
+        await conn.execute(MIGRATIONS[0])
+        await conn.execute("INSERT INTO schema_version (component, version) VALUES ('control', 1)")
+        await conn.execute("INSERT INTO tenants VALUES ('acme', 'Acme', 'active', '{}', 1)")
+    finally:
+        await conn.close()
+    async with await PostgresControlStore.open(pg_schema.dsn, schema=pg_schema.name) as store:
+        assert (await store.get_tenant("acme")).display_name == "Acme"
+        assert await store.take_creation_tokens("acme", 1.0, 1) is None  # the new table exists
+    conn = await asyncpg.connect(pg_schema.dsn, server_settings={"search_path": pg_schema.name})
+    try:
+        assert await conn.fetchval("SELECT max(version) FROM schema_version") == 2
+        assert tuple(await conn.fetchrow("SELECT * FROM kv_put('acme', 'k'::bytea, '1', 66, 1000)")) == (
+            True,
+            66,
+        )
     finally:
         await conn.close()
 
