@@ -311,3 +311,37 @@ async def test_shared_store_workers_always_read(pg_schema: PgSchema) -> None:
         assert done.output == 7
     finally:
         await engine.aclose()
+
+
+async def test_short_run_marks_running_with_its_end(tmp_path: Path) -> None:
+    """A run shorter than MARK_RUNNING_DELAY_S queues mark_running right before finish_run (one batch)."""
+    rig = Rig(tmp_path)
+    calls: list[str] = []
+    mark, finish = rig.store.mark_running, rig.store.finish_run
+
+    def mark_running(pk: int, generation: int, now: int) -> None:
+        calls.append("mark")
+        mark(pk, generation, now)
+
+    async def finish_run(*args: Any) -> Any:
+        calls.append("finish")
+        return await finish(*args)
+
+    rig.store.mark_running = mark_running  # type: ignore[method-assign]
+    rig.store.finish_run = finish_run  # type: ignore[method-assign]
+    await rig.engine.start()
+    try:
+        started = rig.clock.now_ms()
+        done = await rig.wait((await rig.create("simple")).id)
+        assert done.status == Status.COMPLETE and done.started_at == started
+        assert calls == ["mark", "finish"]
+        calls.clear()
+        long = await rig.create("blocker")  # longer than the delay: marked running while it runs
+        await rig.wait(long.id, Status.RUNNING)
+        assert calls == ["mark"]
+        rig.gate.set()
+        assert (await rig.wait(long.id)).started_at == started
+        assert calls == ["mark", "finish"]
+    finally:
+        rig.gate.set()
+        await rig.engine.aclose()
