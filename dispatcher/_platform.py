@@ -726,7 +726,7 @@ class Platform:
 
         A policy that already granted it (written before, or through an embedded platform) may
         still be changed in other fields; its ``env.db`` calls fail with the same reason."""
-        if self.shared_kv is None or "db" not in policy.bindings:
+        if not isinstance(self.control, PostgresControlStore) or "db" not in policy.bindings:
             return
         if before is None or "db" not in before.bindings or policy.bindings != before.bindings:
             from ._bindings import DB_ON_POSTGRES

@@ -41,7 +41,8 @@ class TenantPolicy:
     """Overrides of the sandbox limits (memory_bytes, cpu_seconds, wall_seconds, output_bytes,
     result_bytes, host_calls)."""
     bindings: frozenset[str] = frozenset()
-    """Granted bindings among kv, db, fetch, secrets."""
+    """Granted bindings among kv, db, fetch, secrets. A scale-out (PostgreSQL) platform refuses to
+    grant db: its SQLite database would stay on one machine (use kv, which every machine shares)."""
     fetch_allowlist: tuple[str, ...] = ()
     """Hosts ``env.fetch`` may reach (``api.example.com``, ``*.example.com``, ``127.0.0.1:8080``).
     Loopback and private addresses are refused unless listed literally."""
@@ -50,11 +51,13 @@ class TenantPolicy:
     max_concurrent_instances: int = 100
     """Instances of this tenant running at once (across the engine)."""
     creation_rate: float = 100.0
-    """Instances this tenant may create per second (token bucket; bursts up to one second's worth)."""
+    """Instances this tenant may create per second (token bucket; bursts up to one second's worth).
+    On PostgreSQL the bucket is in the database: the rate holds across every API process."""
     retention_seconds: int = 7 * 86_400
     """How long finished instances are kept."""
     storage_quota_bytes: int = 10 * MiB
-    """Size cap of the tenant's kv/db database."""
+    """Size cap of the tenant's kv/db data: the SQLite file's size (embedded), or on PostgreSQL the
+    sum over kv entries of UTF-8 key + JSON value + 64 bytes, counted across every machine."""
     fetch_timeout_seconds: float = 10.0
     """Timeout of one env.fetch call."""
     fetch_max_response_bytes: int = 1 * MiB

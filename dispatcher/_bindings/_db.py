@@ -4,6 +4,13 @@ Parameters are a JSON list (``?`` placeholders) or object (``:name``); ``{"base6
 a BLOB, and BLOB results come back in the same shape. ``bool`` binds as 0/1. Each call is one
 transaction; ``env.db.batch`` runs several statements in one. The authorizer (``_authorizer.py``)
 decides what a statement may touch.
+
+Embedded (SQLite) platforms only. The database is a SQLite file on the machine that runs the call,
+so on a scale-out (PostgreSQL) platform a step on another machine would not see its rows and a dead
+machine would lose them: there ``TenantBindings`` refuses ``env.db`` with ``BindingNotGranted``
+naming that reason, and the platform refuses to grant ``db``. Running tenant SQL on the shared
+PostgreSQL server instead (per-tenant roles and schemas a tenant could not ``RESET ROLE`` out of,
+statement and resource limits) is a security surface of its own, deliberately not taken on yet.
 """
 
 from __future__ import annotations

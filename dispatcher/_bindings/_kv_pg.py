@@ -70,7 +70,13 @@ class PostgresKVBackend:
         import asyncpg
 
         settings = {"search_path": schema, "application_name": "tenantflow-kv"}
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size, server_settings=settings)
+        # min_size=0: an API-only process, which never runs tenant code, holds no kv connection.
+        # reset: every kv statement runs alone in autocommit and changes no session state, so the
+        # pool's default reset query (RESET ALL, UNLISTEN, ...: a second round trip per call) is
+        # skipped; asyncpg still rolls back a transaction left open by a cancelled call.
+        pool = await asyncpg.create_pool(
+            dsn, min_size=0, max_size=pool_size, server_settings=settings, reset=_nothing_to_reset
+        )
         return cls(pool, asyncio.get_running_loop(), schema)
 
     async def aclose(self) -> None:
@@ -197,6 +203,10 @@ class PostgresKV:
 
     def _run(self, what: str, work: Callable[[Any], Awaitable[_T]]) -> _T:
         return self._backend.run(what, self._policy().db_timeout_seconds, work)
+
+
+async def _nothing_to_reset(conn: Any) -> None:
+    return None
 
 
 def _wait_on_loop(coro: Coroutine[Any, Any, _T], loop: asyncio.AbstractEventLoop, timeout: float) -> _T:

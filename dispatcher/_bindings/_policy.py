@@ -124,7 +124,8 @@ class BindingPolicy:
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     """Name -> value for ``env.secrets``; stored read-only, never shown in ``repr`` or errors."""
     storage_quota_bytes: int = 10 * MiB
-    """Size cap of the tenant's SQLite database (kv and db share it)."""
+    """Size cap of the tenant's SQLite database (kv and db share it); with the shared PostgreSQL kv,
+    the sum of its entries' sizes (key + value + ``ENTRY_OVERHEAD_BYTES``) across every machine."""
     fetch_timeout_seconds: float = 10.0
     """Wall-clock budget of one ``env.fetch`` call, redirects included."""
     fetch_max_response_bytes: int = 1 * MiB
