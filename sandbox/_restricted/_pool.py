@@ -6,7 +6,9 @@ parent, ``start_new_session=True`` (so a wall-clock kill takes the whole process
 on stdin/stdout carrying length-prefixed JSON frames (``_frames.py``). Each worker has one reader
 thread in the parent: it receives the worker's frames, serves the guest's host calls by calling
 ``HostBridge.call`` synchronously on that thread (the protocol requires a non-loop thread, and this
-costs no thread hop per call), and hands final results to the event loop.
+costs no thread hop per call), and hands final results to the event loop. While a host call is
+outstanding, the side waiting for the answer spins briefly before blocking (``PoolConfig.spin_us``;
+see the design note in ``_frames.py``).
 
 One invocation runs on a worker at a time. Routing prefers an idle worker that already has the
 bundle warm (its own LRU, mirrored here), else any idle worker, else a bounded FIFO of waiters.
@@ -30,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any, cast
 
 from .._errors import (
     LimitExceededError,
@@ -84,6 +86,12 @@ class PoolConfig:
     """Seconds a new worker may take to become ready."""
     worker_stderr: bool = False
     """Let workers write to the parent's stderr (debugging); by default it is discarded."""
+    spin_us: int = 100
+    """Microseconds a side that expects an answer polls its pipe before blocking: the worker after
+    sending a host call, the parent's reader after answering one (never while idle). It spares the
+    ~25-35 µs wake-up of an idle vCPU per direction; the spin stops early when the answer comes,
+    backs off after answers slower than this, and counts against the invocation's CPU budget in
+    the worker. 0 turns it off; at most 10,000."""
     worker_user: str | int | None = None
     """Run workers as this user (and its primary group, no supplementary groups). Recommended when
     the platform runs as root: an escape from RestrictedPython then lands in an unprivileged
@@ -94,6 +102,12 @@ class PoolConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"PoolConfig.{name} must be a positive integer, got {value!r}")
+        if (
+            not isinstance(self.spin_us, int)
+            or isinstance(self.spin_us, bool)
+            or not 0 <= self.spin_us <= 10_000
+        ):
+            raise ValueError(f"PoolConfig.spin_us must be an integer from 0 to 10000, got {self.spin_us!r}")
         if self.cpu_ceiling < 2:
             raise ValueError("PoolConfig.cpu_ceiling must be at least 2 seconds")
         if not self.start_timeout > 0:
@@ -186,6 +200,7 @@ class WorkerProcess:
                 "lru_size": config.lru_size,
                 "memory_ceiling": config.memory_ceiling,
                 "cpu_ceiling": config.cpu_ceiling,
+                "spin_us": config.spin_us,
             }
         )
         self.proc = subprocess.Popen(
@@ -202,7 +217,8 @@ class WorkerProcess:
         self.pid = self.proc.pid
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._write_fd = self.proc.stdin.fileno()
-        self._stream: IO[bytes] = self.proc.stdout
+        self._reader = _frames.FrameReader(self.proc.stdout.fileno())
+        self._spin = _frames.Spin(config.spin_us / 1e6)
         self._write_lock = threading.Lock()
         self._thread = threading.Thread(
             target=self._read_loop, name=f"restricted-worker-{worker_id}", daemon=True
@@ -219,17 +235,21 @@ class WorkerProcess:
         return 8 * (limits.result_bytes + limits.output_bytes) + _IDLE_FRAME_CAP
 
     def _read_loop(self) -> None:
+        read, spin = self._reader.read, None
         try:
             while True:
-                message, size = _frames.read_sized_frame(self._stream, self._frame_cap)
+                # After answering a host call the worker's next frame is due soon: spin first.
+                message, size = read(self._frame_cap, spin)
                 if message is None:
                     break
                 if not isinstance(message, dict):
                     raise _frames.FrameError("frame is not an object")
                 kind = message.get("t")
+                spin = None
                 if kind == "call":
                     if not self._serve_call(message):
                         break
+                    spin = self._spin
                 elif kind == "ready":
                     self.pool.loop.call_soon_threadsafe(self.pool.worker_ready, self)
                 elif kind == "pong":

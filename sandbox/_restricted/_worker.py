@@ -29,7 +29,7 @@ import sys
 import time
 import types
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 from . import _frames, _runtime
 from ._compile import Derived, load_derived
@@ -166,8 +166,12 @@ class Tenant:
 
 
 class Worker:
-    def __init__(self, config: dict[str, Any], reader: BinaryIO, write_fd: int, statm_fd: int) -> None:
+    def __init__(
+        self, config: dict[str, Any], reader: _frames.FrameReader, write_fd: int, statm_fd: int
+    ) -> None:
         self.reader = reader
+        self.spin = _frames.Spin(int(config.get("spin_us", 0)) / 1e6)
+        """Waiting for a host call's answer polls first (``PoolConfig.spin_us``); idle waits never do."""
         self.write_fd = write_fd
         self.statm_fd = statm_fd
         self.lru_size = int(config["lru_size"])
@@ -186,8 +190,8 @@ class Worker:
     def send(self, message: Any) -> None:
         _frames.write_all(self.write_fd, _frames.encode(message))
 
-    def receive(self) -> Any:
-        return _frames.read_frame(self.reader, MAX_INBOUND_FRAME)
+    def receive(self, spin: _frames.Spin | None = None) -> Any:
+        return self.reader.read(MAX_INBOUND_FRAME, spin)[0]
 
     def host_call(self, name: str, args: Any) -> Any:
         """The SDK's transport: one synchronous round trip to the parent's bridge."""
@@ -199,7 +203,7 @@ class Worker:
         if len(frame) > self.max_call_bytes:  # the same limit as the wasm backend's, not catchable
             raise LimitSignal("result_size", f"a host call argument exceeds {self.result_bytes} bytes")
         _frames.write_all(self.write_fd, frame)
-        reply = self.receive()
+        reply = self.receive(self.spin)
         if reply is None:
             os._exit(0)
         if "v" in reply:
@@ -385,8 +389,7 @@ def main() -> None:
     _set_limit(resource.RLIMIT_AS, config["as_hard"], config["as_hard"])
     config["cpu_hard"] = int(config["cpu_ceiling"])
     _set_limit(resource.RLIMIT_CPU, config["cpu_hard"], config["cpu_hard"])
-    reader = os.fdopen(read_fd, "rb", buffering=1 << 16)
-    worker = Worker(config, reader, write_fd, statm_fd)
+    worker = Worker(config, _frames.FrameReader(read_fd), write_fd, statm_fd)
     try:
         worker.serve()
     except MemoryError:
