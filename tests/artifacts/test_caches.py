@@ -6,6 +6,7 @@ deleted, by another store object or another process must be seen on the very nex
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -74,6 +75,19 @@ async def test_a_version_deleted_by_another_store_object_no_longer_resolves(open
     with pytest.raises(VersionNotFoundError):
         await a.resolve(NS, "orders", 1)
     assert await a.get_version(NS, "orders", d1) is None
+
+
+async def test_every_move_of_a_busy_alias_is_seen_by_the_next_resolve(open_store: OpenStore) -> None:
+    a, b = await open_store(), await open_store()
+    for n in (1, 2, 3):
+        await upload(a, n)
+    targets = [1 + (i * 7) % 3 for i in range(40)]  # 2, 3, 1, 2, ... never the same twice in a row
+    for target in targets:
+        mover = b if target % 2 else a  # moves by this store object and by the other one
+        await mover.set_alias(NS, "orders", "production", target, actor="ops")
+        assert (await a.resolve(NS, "orders", "production")).number == target
+        assert (await a.resolve(NS, "orders", "production")).number == target  # and again, from memory
+        assert (await a.resolve(NS, "orders", "latest")).number == 3
 
 
 async def test_own_alias_moves_are_seen(store: ArtifactStore) -> None:
@@ -155,6 +169,28 @@ async def test_resolve_without_a_cache_still_sees_moves(tmp_path: Path) -> None:
         assert len(_backend(a)._resolved) == 0
         await b.set_alias(NS, "orders", "latest", 1, actor="ops")
         assert (await a.resolve(NS, "orders", "latest")).number == 1
+
+
+class _LockedConnection:
+    """Answers like a sqlite3 connection that finds the file locked (WAL recovery, an exclusive lock):
+    a state another process can only put a live file in by crashing, so it is simulated here."""
+
+    def execute(self, *args: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+
+async def test_a_locked_file_makes_resolve_fall_back_to_the_reader_thread(
+    sqlite_store: SqliteArtifactStore,
+) -> None:
+    await upload(sqlite_store, 1)
+    backend = _backend(sqlite_store)
+    real, backend._sync = backend._sync, _LockedConnection()  # type: ignore[assignment]
+    try:
+        assert (await sqlite_store.resolve(NS, "orders", "latest")).number == 1
+        assert await sqlite_store.get_version(NS, "orders", "production") is None
+    finally:
+        backend._sync = real
+    assert (await sqlite_store.resolve(NS, "orders", "latest")).number == 1
 
 
 # -- bundles and derived forms in memory (every backend) ----------------------------------------
