@@ -4,7 +4,8 @@ Each worker is a separate process (``python -m benchmarks.bench_affinity --worke
 ``Platform`` on the shared database with a warm cache of ``ceil(tenants / workers) + 10`` entries,
 so together the workers can hold every tenant warm only if each keeps to its own share. The
 benchmark process is an API-only platform: it deploys one workflow per tenant, runs one instance
-per tenant to warm up, then creates instances of random tenants in batches and waits for them.
+per tenant to warm up, then creates instances of random tenants in rounds (up to 32 creations in
+flight) and waits for each round to finish.
 Figures are taken over the measured phase only: cache hits / (hits + misses) across workers, and
 the engine's ``claims_preferred / claims``, and aggregate durable steps/s (wall time of the measured
 rounds, each waited for until drained). It runs twice per worker count: with affinity (workers
@@ -35,6 +36,9 @@ DSN = os.environ.get(
     "TENANTFLOW_BENCH_PG_DSN",
     os.environ.get("TENANTFLOW_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test"),
 )
+_GRACE = os.environ.get("TENANTFLOW_BENCH_GRACE_MS")
+GRACE_MS = int(_GRACE) if _GRACE else None
+"""``EngineConfig.affinity_grace_ms`` of the workers (unset: the default)."""
 SOURCE = "def run(event, step):\n    a = step.do('a', lambda: event['payload'])\n    return step.do('b', lambda: a)\n"
 
 
@@ -46,11 +50,14 @@ async def _worker_main(dsn: str, schema: str, data_dir: str, entries: int, affin
         def warm_affinity(self) -> set[str]:
             return set()
 
+    from engine import EngineConfig
+
     backend = create_backend("inprocess")
     kind = Platform if affinity else NoAffinity
+    config = EngineConfig(affinity_grace_ms=GRACE_MS) if GRACE_MS is not None else None
     platform = await kind.open(
         data_dir, db=dsn, schema=schema, backends={"wasm": backend, "restricted": backend},
-        cache_options={"max_entries": entries}, tenant_refresh_seconds=1.0,
+        cache_options={"max_entries": entries}, tenant_refresh_seconds=1.0, engine_config=config,
     )  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -82,8 +89,9 @@ def _wait_for_files(files: list[Path]) -> None:
 
 def _snapshot(files: list[Path]) -> dict[str, int]:
     total = {"hits": 0, "misses": 0, "claims": 0, "preferred": 0}
-    for file in files:
+    for n, file in enumerate(files):
         data = json.loads(file.read_text())
+        total[f"claims{n}"] = data["affinity"]["claims"]
         total["hits"] += data["cache"]["hits"]
         total["misses"] += data["cache"]["misses"]
         total["claims"] += data["affinity"]["claims"]
@@ -129,13 +137,20 @@ async def _scenario(
         before = _snapshot(files)
         rng = random.Random(7)
         started = time.perf_counter()
-        for _ in range(rounds):
-            for name in rng.sample(names, batch):
+        started_ms = time.time_ns() // 1_000_000
+        gate = asyncio.Semaphore(32)  # creations in flight: the API side must not be what is measured
+
+        async def create(name: str) -> None:
+            async with gate:
                 await api.create_instance(OPERATOR, name, "flow", 1)
+
+        for _ in range(rounds):
+            await asyncio.gather(*(create(name) for name in rng.sample(names, batch)))
             await _drain(api, time.monotonic() + 300)
         elapsed = time.perf_counter() - started
         await asyncio.sleep(0.6)
         after = _snapshot(files)
+        waits = await _start_waits(schema, started_ms)
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -153,9 +168,30 @@ async def _scenario(
         "warm_hit_rate": round(hits / max(1, hits + misses), 4),
         "claims_preferred_rate": round(preferred / max(1, claims), 4),
         "cold_starts": misses,
+        "claims_per_worker": "/".join(
+            str(after[f"claims{n}"] - before[f"claims{n}"]) for n in range(workers)
+        ),
+        "start_wait_ms_p50_p90": waits,
         "seconds": round(elapsed, 2),
         "steps_per_s": round(rounds * batch * 2 / elapsed),  # SOURCE runs two steps
     }
+
+
+async def _start_waits(schema: str, since_ms: int) -> str:
+    """Median and 90th percentile of creation -> first run started, over the measured instances."""
+    import asyncpg
+
+    conn = await asyncpg.connect(DSN)
+    try:
+        row = await conn.fetchrow(
+            f"SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY started_at - created_at), "
+            f"percentile_disc(0.9) WITHIN GROUP (ORDER BY started_at - created_at) "
+            f"FROM {schema}_engine.instances WHERE created_at >= $1",
+            since_ms,
+        )
+        return f"{row[0]}/{row[1]}"
+    finally:
+        await conn.close()
 
 
 async def _drop(schema: str) -> None:
