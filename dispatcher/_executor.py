@@ -17,16 +17,19 @@ from collections.abc import Awaitable, Callable
 
 from artifacts import ArtifactError
 from engine import Complete, ErrorInfo, Failed, Outcome, RunContext, iso_ms
-from sandbox import LimitExceededError, LoadError, SandboxCrashError, SandboxError, TenantError
+from sandbox import LimitExceededError, Limits, LoadError, SandboxCrashError, SandboxError, TenantError
 
 from ._bridge import Bindings, StepBridge
 from ._cache import CacheKey, WarmCache
 from ._envelope import unwrap, wrap
 from ._errors import EnvelopeError, NotFoundError
 from ._logs import InstanceLogs
-from ._policy import Tenant
+from ._policy import Tenant, TenantPolicy
 
 log = logging.getLogger(__name__)
+
+_MAX_LIMITS_CACHED = 10_000
+"""Tenants whose sandbox limits are kept derived (a full cache is simply emptied and refilled)."""
 
 
 class TenantExecutor:
@@ -44,6 +47,10 @@ class TenantExecutor:
         self._bindings = bindings
         self._cache = cache
         self._logs = logs
+        self._limits: dict[str, tuple[TenantPolicy, Limits]] = {}
+        """tenant id -> (the policy object, its ``sandbox_limits``): deriving them validates every
+        field, which a warm wake-up would otherwise pay each time. Keyed on the policy's identity: a
+        changed policy is a new object."""
         self.invocations = 0
         self.dispatch = LatencyHistogram()
         """Time from the engine handing over a wake-up to the sandbox's result (cold loads included)."""
@@ -71,7 +78,7 @@ class TenantExecutor:
             return Failed(ErrorInfo("TenantNotFound", f"tenant {route.tenant!r} no longer exists"))
         if tenant.status == "suspended":
             journal.pause_now()
-        key = CacheKey(tenant.id, route.version, tenant.policy.backend, tenant.policy.sandbox_limits)
+        key = CacheKey(tenant.id, route.version, tenant.policy.backend, self._limits_of(tenant))
         try:
             sandbox = await self._cache.acquire(key)
         except LoadError as exc:
@@ -121,6 +128,17 @@ class TenantExecutor:
         if bridge.fatal is not None:
             return Failed(bridge.fatal)
         return outcome
+
+    def _limits_of(self, tenant: Tenant) -> Limits:
+        policy = tenant.policy
+        cached = self._limits.get(tenant.id)
+        if cached is not None and cached[0] is policy:
+            return cached[1]
+        limits = policy.sandbox_limits
+        if len(self._limits) >= _MAX_LIMITS_CACHED:
+            self._limits.clear()
+        self._limits[tenant.id] = (policy, limits)
+        return limits
 
 
 class LatencyHistogram:
