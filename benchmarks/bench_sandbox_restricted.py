@@ -9,7 +9,11 @@ Figures (medians over >= 5 runs of the per-run p50, with min and max; ``*_p99`` 
 - ``cold_load_ms``: ``prepare`` + ``load`` of a new 100-line tenant module (compile in the parent,
   ship to a worker, execute the module);
 - ``cold_load_derived_ms``: ``load`` when the platform already has the derived form cached;
-- ``prepare_ms``: RestrictedPython compilation of that module alone.
+- ``prepare_ms``: RestrictedPython compilation of that module alone;
+- ``host_call_cpu_us``: CPU time of the parent and the worker together per host call (amortized
+  over the 100-step invoke): what spinning costs;
+- ``*_spin_off``: the same on a second pool with ``spin_us=0`` (no spinning on an expected answer),
+  measured in the same runs, interleaved, so the two compare under the same machine load.
 Targets (issue 5): warm invoke p50 <= 100 us, host call p50 <= 30 us, cold load p50 <= 3 ms.
 Nothing is asserted: timings depend on the machine.
 """
@@ -54,6 +58,15 @@ def _bundle(source: str, digest: str) -> Bundle:
     return Bundle(digest=digest, files={"main.py": source.encode()})
 
 
+def _worker_cpu(backend: RestrictedBackend) -> float:
+    """CPU seconds of the pool's workers (``schedstat``: nanoseconds)."""
+    total = 0
+    for worker in backend.pool_snapshot()["workers"]:
+        with open(f"/proc/{worker['pid']}/schedstat") as stat:
+            total += int(stat.read().split()[0])
+    return total / 1e9
+
+
 def _percentiles(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -70,27 +83,45 @@ async def _measure(quick: bool) -> dict[str, Any]:
     event = {"payload": 3, "timestamp": 0, "instanceId": "bench", "workflowName": "bench"}
     bridge = CachedBridge()
     limits = Limits()
-    results: dict[str, list[float]] = {k: [] for k in ("warm", "warm99", "call", "call99", "cold", "cold99")}
-    results.update({"derived": [], "derived99": [], "prepare": []})
-    async with RestrictedBackend(pool_size=2) as backend:
-        await backend.wait_ready()
-        trivial = await backend.load(_bundle(TRIVIAL, "sha256:trivial"), limits=limits)
-        steps = await backend.load(_bundle(STEPS, "sha256:steps"), limits=limits)
-        for _ in range(200):
-            await trivial.invoke(event, bridge)
-            await steps.invoke(event, bridge)
+    keys = ("warm", "warm99", "call", "call99", "cpu", "cold", "cold99", "derived", "derived99", "prepare")
+    results: dict[str, list[float]] = {k: [] for k in keys}
+    results.update({f"{k}_off": [] for k in ("warm", "warm99", "call", "call99", "cpu")})
+    # recycle_after: the workers' CPU is read from /proc/<pid>, so they must outlive the runs.
+    async with (
+        RestrictedBackend(pool_size=2, recycle_after=1 << 30) as backend,
+        RestrictedBackend(pool_size=2, recycle_after=1 << 30, spin_us=0) as spin_off,
+    ):
+        handles = {}
+        for suffix, pool in (("", backend), ("_off", spin_off)):
+            await pool.wait_ready()
+            trivial = await pool.load(_bundle(TRIVIAL, "sha256:trivial"), limits=limits)
+            steps = await pool.load(_bundle(STEPS, "sha256:steps"), limits=limits)
+            for _ in range(200):
+                await trivial.invoke(event, bridge)
+                await steps.invoke(event, bridge)
+            handles[suffix] = (pool, trivial, steps)
         tag = 0
         for _ in range(runs):
-            warm = []
-            for _ in range(invokes):
-                t0 = time.perf_counter()
-                await trivial.invoke(event, bridge)
-                warm.append(time.perf_counter() - t0)
-            stepped = []
-            for _ in range(max(50, invokes // 10)):
-                t0 = time.perf_counter()
-                await steps.invoke(event, bridge)
-                stepped.append(time.perf_counter() - t0)
+            for suffix, (pool, trivial, steps) in handles.items():
+                warm = []
+                for _ in range(invokes):
+                    t0 = time.perf_counter()
+                    await trivial.invoke(event, bridge)
+                    warm.append(time.perf_counter() - t0)
+                stepped = []
+                cpu0 = time.process_time() + _worker_cpu(pool)
+                for _ in range(max(50, invokes // 10)):
+                    t0 = time.perf_counter()
+                    await steps.invoke(event, bridge)
+                    stepped.append(time.perf_counter() - t0)
+                cpu = time.process_time() + _worker_cpu(pool) - cpu0
+                w50, w99 = _percentiles(warm)
+                s50, s99 = _percentiles(stepped)
+                results["warm" + suffix].append(w50 * 1e6)
+                results["warm99" + suffix].append(w99 * 1e6)
+                results["call" + suffix].append((s50 - w50) / CACHED_STEPS * 1e6)
+                results["call99" + suffix].append((s99 - w50) / CACHED_STEPS * 1e6)
+                results["cpu" + suffix].append(cpu / (len(stepped) * CACHED_STEPS) * 1e6)
             cold, derived_loads, prepares = [], [], []
             for _ in range(loads):
                 tag += 1
@@ -106,12 +137,6 @@ async def _measure(quick: bool) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 await backend.load(bundle, limits=limits, derived=derived)
                 derived_loads.append(time.perf_counter() - t0)
-            w50, w99 = _percentiles(warm)
-            s50, s99 = _percentiles(stepped)
-            results["warm"].append(w50 * 1e6)
-            results["warm99"].append(w99 * 1e6)
-            results["call"].append((s50 - w50) / CACHED_STEPS * 1e6)
-            results["call99"].append((s99 - w50) / CACHED_STEPS * 1e6)
             c50, c99 = _percentiles(cold)
             results["cold"].append(c50 * 1e3)
             results["cold99"].append(c99 * 1e3)
@@ -119,17 +144,27 @@ async def _measure(quick: bool) -> dict[str, Any]:
             results["derived"].append(d50 * 1e3)
             results["derived99"].append(d99 * 1e3)
             results["prepare"].append(_percentiles(prepares)[0] * 1e3)
-    return {
+    figures = {
         "warm_invoke_us": _figure(results["warm"]),
         "warm_invoke_us_p99": _figure(results["warm99"]),
         "host_call_us": _figure(results["call"]),
         "host_call_us_p99": _figure(results["call99"]),
+        "host_call_cpu_us": _figure(results["cpu"]),
         "cold_load_ms": _figure(results["cold"]),
         "cold_load_ms_p99": _figure(results["cold99"]),
         "cold_load_derived_ms": _figure(results["derived"]),
         "cold_load_derived_ms_p99": _figure(results["derived99"]),
         "prepare_ms": _figure(results["prepare"]),
     }
+    for name, key in (
+        ("warm_invoke_us", "warm"),
+        ("warm_invoke_us_p99", "warm99"),
+        ("host_call_us", "call"),
+        ("host_call_us_p99", "call99"),
+        ("host_call_cpu_us", "cpu"),
+    ):
+        figures[f"{name}_spin_off"] = _figure(results[f"{key}_off"])
+    return figures
 
 
 def run(quick: bool) -> dict[str, Any]:
