@@ -17,6 +17,14 @@ duration of a run (the product code is untouched). Reports numbers; asserts noth
   ``load`` (backend: a sandbox from bundle + derived form).
 - ``hostcall_*``: a replayed ``step.do`` (journal hit): ``total`` as the guest thread waits for
   it, ``on_loop`` the bridge's coroutine on the event loop; the rest is the two thread hops.
+- ``warm_<backend>_*``: a no-step run on a warm sandbox (engine at ``synchronous=OFF``, as
+  ``bench_full``'s ``warm_dispatch_us``), p50 in µs of the stages between ``create_instances``
+  returning and ``finish_run`` returning: ``to_run`` (the run task starts), ``load_run`` (the store
+  read; absent when the fast path for fresh instances skips it), ``run_to_execute`` (the rest of the
+  engine's claim), ``exec_to_acquire`` (envelope, tenant, cache key), ``acquire``, ``to_invoke``
+  (bridge and event), ``invoke``, ``invoke_to_return`` (output, logs, release), ``to_finish``
+  (outcome encoded), ``finish_run``, and ``total``. The caller awaits a future set when
+  ``finish_run`` returns (not ``engine.wait``, whose read would overlap the run and blur the stages).
 - ``machine_*``: what one thread hand-off costs on this machine, p50 of 5,000 round trips:
   ``thread_round_trip_us`` (two threads, ``threading.Event`` ping-pong) and ``loop_hop_us`` (a
   thread -> ``call_soon_threadsafe`` -> the event loop -> ``concurrent.futures.Future`` -> back:
@@ -28,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import inspect
 import statistics
 import threading
 import time
@@ -53,15 +62,30 @@ Samples = dict[str, list[float]]
 
 @contextmanager
 def _timed(owner: Any, name: str, samples: Samples, label: str) -> Iterator[None]:
-    """Replace the coroutine method ``owner.name`` by one that records its duration under ``label``."""
-    original = getattr(owner, name)
+    """Replace the method ``owner.name`` (a coroutine or a plain one) by one that records its duration
+    under ``label``; a missing method is left alone (the code under measurement moves on)."""
+    original = getattr(owner, name, None)
+    if original is None:
+        yield
+        return
+    wrapper: Callable[..., Any]
+    if inspect.iscoroutinefunction(original):
 
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return await original(*args, **kwargs)
-        finally:
-            samples[label].append(time.perf_counter() - started)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                samples[label].append(time.perf_counter() - started)
+
+    else:
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                samples[label].append(time.perf_counter() - started)
 
     setattr(owner, name, wrapper)
     try:
@@ -138,6 +162,7 @@ async def _sequential(platform: Platform, count: int) -> dict[str, float]:
         with (
             _timed(Journal, "begin_step", samples, "journal_begin"),
             _timed(Journal, "finish_attempt", samples, "journal_finish"),
+            _timed(Journal, "finish_attempt_blocking", samples, "journal_finish"),
             _timed_sync(_bridge.StepBridge, "call", bridge),
         ):
             for _ in range(count):
@@ -154,11 +179,10 @@ async def _sequential(platform: Platform, count: int) -> dict[str, float]:
         executor.execute = inner  # type: ignore[method-assign]
         _cache.WarmCache.acquire = acquire  # type: ignore[method-assign]
     figures = {name: _p50_us(values) for name, values in samples.items()}
-    host = statistics.median(invokes) - 10 * (
-        statistics.median(samples["bridge_do"]) + statistics.median(samples["bridge_commit"])
-    )
     figures["invoke"] = _p50_us(invokes)
-    figures["guest_per_step"] = round(host / 10 * 1e6, 1)
+    figures["guest_per_step"] = round(
+        (figures["invoke"] - 10 * (figures.get("bridge_do", 0.0) + figures.get("bridge_commit", 0.0))) / 10, 1
+    )
     return figures
 
 
@@ -202,6 +226,75 @@ async def _host_call(platform: Platform, instances: int) -> dict[str, float]:
     # the last REPLAY_STEPS step.do calls are the replay after the sleep (journal hits)
     replay, on_loop = calls[-REPLAY_STEPS:], samples["on_loop"][-REPLAY_STEPS - 1 : -1]
     return {"total": _p50_us(replay), "on_loop": _p50_us(on_loop)}
+
+
+_WARM_STAGES = (
+    ("created", "run", "to_run"),
+    ("run", "load0", "run_to_load"),
+    ("load0", "load1", "load_run"),
+    ("load1", "exec0", "run_to_execute"),
+    ("exec0", "acq0", "exec_to_acquire"),
+    ("acq0", "acq1", "acquire"),
+    ("acq1", "inv0", "to_invoke"),
+    ("inv0", "inv1", "invoke"),
+    ("inv1", "exec1", "invoke_to_return"),
+    ("exec1", "fin0", "to_finish"),
+    ("fin0", "fin1", "finish_run"),
+    ("created", "fin1", "total"),
+)
+
+
+async def _warm_stages(platform: Platform, count: int, backend: str) -> dict[str, float]:
+    await add_tenant(platform, TENANT, NO_STEP, backend=backend)
+    for _ in range(20):
+        await run_one(platform, TENANT)
+    engine, store, executor, cache = platform.engine, platform.engine.store, platform.executor, platform.cache
+    stamps: dict[str, float] = {}
+    done: list[asyncio.Future[None]] = []
+
+    def stamped(owner: Any, name: str, before: str, after: str | None = None) -> Callable[[], None]:
+        original = getattr(owner, name)
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            stamps[before] = time.perf_counter()
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                if after is not None:
+                    stamps[after] = time.perf_counter()
+                if after == "fin1" and done and not done[0].done():
+                    done[0].set_result(None)
+
+        setattr(owner, name, wrapper)
+        return lambda: setattr(owner, name, original)
+
+    undo = [
+        stamped(engine, "_execute", "run"),
+        stamped(store, "load_run", "load0", "load1"),
+        stamped(executor, "execute", "exec0", "exec1"),
+        stamped(store, "finish_run", "fin0", "fin1"),
+        stamped(cache, "acquire", "acq0", "acq1"),
+    ]
+    for held in [*cache._lru.values()]:  # the warm sandboxes' invoke
+        for warm in held.idle:
+            undo.append(stamped(warm, "invoke", "inv0", "inv1"))
+    samples: Samples = collections.defaultdict(list)
+    try:
+        for _ in range(count):
+            stamps.clear()
+            done[:] = [asyncio.get_running_loop().create_future()]
+            await platform.create_instance(OPERATOR, TENANT, "flow")
+            stamps["created"] = time.perf_counter()
+            await asyncio.wait_for(done[0], 60)
+            if "load0" not in stamps:  # the fresh-instance fast path: no read
+                stamps["load0"] = stamps["load1"] = stamps["run"]
+            for start, end, label in _WARM_STAGES:
+                if start in stamps and end in stamps:
+                    samples[label].append(stamps[end] - stamps[start])
+    finally:
+        for restore in reversed(undo):
+            restore()
+    return {name: _p50_us(values) for name, values in samples.items()}
 
 
 def _thread_round_trip(count: int) -> float:
@@ -248,6 +341,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     for sync in ("FULL", "OFF"):
         stages = in_platform(lambda p: _sequential(p, count), synchronous=sync)
         figures.update({f"seq_{sync}_{name}_us": value for name, value in stages.items()})
+    for backend in ("wasm", "restricted"):
+        warm = in_platform(lambda p, b=backend: _warm_stages(p, 50 if quick else 300, b), synchronous="OFF")
+        figures.update({f"warm_{backend}_{name}_us": value for name, value in warm.items()})
     cold = in_platform(lambda p: _cold(p, 10 if quick else 40))
     figures.update({f"cold_{name}_us": value for name, value in cold.items()})
     host = in_platform(lambda p: _host_call(p, 2 if quick else 5), synchronous="OFF")
