@@ -109,7 +109,8 @@ class RestrictedBackend:
     """RestrictedPython-compiled tenant code in rlimited worker processes (``"restricted"``).
 
     Options: ``pool_size``, ``max_queue``, ``recycle_after``, ``lru_size``, ``memory_ceiling``,
-    ``cpu_ceiling``, ``start_timeout``, ``worker_stderr`` (see ``PoolConfig``).
+    ``cpu_ceiling``, ``start_timeout``, ``spin_us``, ``worker_stderr``, ``worker_user`` (see
+    ``PoolConfig``).
     """
 
     name = "restricted"
