@@ -11,22 +11,26 @@ costs ~25-35 µs per direction: the round trip measured ~21 µs with both vCPUs 
 otherwise. So a side that *expects* an answer soon (the worker after sending a host call, the
 parent after answering one) first polls its pipe without blocking for a bounded time
 (``PoolConfig.spin_us``) and only then blocks. Nobody spins while idle (a worker waiting for its
-next request, the parent waiting for an invocation's outcome). Each spin round calls
-``sched_yield``, so a spinner never holds a CPU another task is waiting for; a round that was
-slow because another task ran, or a spin that ran out, counts as a failure, and each failure
-doubles the number of following waits that block at once (1, 2, 4 ... 64; a successful spin
-resets it). So on a saturated machine, or with a host whose answers are slower than the bound
-(one that hops to the event loop, long step callbacks), spinning costs at most about one bound
-per 64 waits. Measured before this design: a plain spin that re-armed after any quick answer
-made host calls ~1.5x slower under a load of ~10 runnable tasks on 2 vCPUs. The kernel's own
-lever, the cpuidle-haltpoll governor's ``guest_halt_poll_ns``, is machine-wide, and 0 (off) on
-the VMs measured here.
+next request, the parent waiting for an invocation's outcome). A spin only pays where a CPU
+would otherwise idle, so it gives up as soon as the CPU looks contended: when the thread was
+preempted since its last spin (``ru_nivcsw`` of ``getrusage(RUSAGE_THREAD)``) or loses its CPU
+while spinning (a round of polling that took over 50 µs). A contended CPU or a spin that ran
+out is a failure, and each failure doubles the number of following waits that block at once (1,
+2, 4 ... 64; a successful spin resets it). So on a saturated machine, or with a host whose
+answers are slower than the bound (one that hops to the event loop, long step callbacks),
+spinning costs at most about one bound per 64 waits. Tried first: a spin that re-armed after
+any quick answer (host calls ~1.5x slower under a load of ~10 runnable tasks on 2 vCPUs), then a
+spin that called ``sched_yield`` every round (under load each yield gives the CPU away for a
+whole time slice, and the CPU per host call still rose by ~15%). The kernel's own lever, the
+cpuidle-haltpoll governor's ``guest_halt_poll_ns``, is machine-wide, and 0 (off) on the VMs
+measured here.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import select
 import struct
 import time
@@ -40,11 +44,13 @@ _BUFFER = 1 << 16
 """The reader's resting buffer; a larger frame grows it for as long as that frame needs."""
 MAX_SPIN_BACKOFF = 64
 """After failed spins, at most this many waits in a row block without spinning."""
-_CONTENDED = 50e-6
-"""A spin round (poll, sched_yield) this slow means another task ran on this CPU: stop spinning."""
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _clock = time.perf_counter
+_rusage = resource.getrusage
+_THREAD = resource.RUSAGE_THREAD
+_DESCHEDULED = 50e-6
+"""A spin round (one ``poll``) this slow means the spinning thread lost its CPU: stop spinning."""
 
 
 class FrameError(Exception):
@@ -90,7 +96,7 @@ def write_all(fd: int, data: bytes) -> None:
 class Spin:
     """How long one waiting side polls before blocking: bounded and adaptive (module docstring)."""
 
-    __slots__ = ("_backoff", "_skip", "seconds")
+    __slots__ = ("_backoff", "_preempted", "_skip", "seconds")
 
     def __init__(self, seconds: float) -> None:
         if not 0 <= seconds < 1:
@@ -99,39 +105,41 @@ class Spin:
         """The bound; 0 never spins."""
         self._backoff = 0
         self._skip = 0
-
-    def budget(self) -> float:
-        """Seconds to spin on this wait (0: block at once)."""
-        if self._skip:
-            self._skip -= 1
-            return 0.0
-        return self.seconds
+        self._preempted = -1
 
     def succeeded(self) -> None:
         """The answer came while spinning."""
         self._backoff = 0
 
     def failed(self) -> None:
-        """The spin ran out, or another task wanted this CPU: block on the next 1, 2, 4 ... waits."""
+        """The spin ran out, or the CPU is contended: block on the next 1, 2, 4 ... 64 waits."""
         self._backoff = min(MAX_SPIN_BACKOFF, 2 * self._backoff or 1)
         self._skip = self._backoff
 
+    def contended(self) -> bool:
+        """True when this thread was preempted since the last check (another task wanted its CPU)."""
+        preempted = _rusage(_THREAD).ru_nivcsw
+        previous, self._preempted = self._preempted, preempted
+        return previous >= 0 and preempted != previous
+
     def wait(self, poll: Callable[[int], list[tuple[int, int]]]) -> None:
-        """Spin (bounded) until ``poll(0)`` reports the pipe readable, yielding the CPU each round."""
-        budget = self.budget()
-        if not budget:
+        """Spin (bounded) until ``poll(0)`` reports the pipe readable, unless it should not."""
+        if self._skip:
+            self._skip -= 1
+            return
+        if not self.seconds:
+            return
+        if self.contended():
+            self.failed()
             return
         now = _clock()
-        deadline = now + budget
+        deadline = now + self.seconds
         while not poll(0):
-            os.sched_yield()  # returns at once unless another task is waiting for this CPU
             last, now = now, _clock()
-            if now >= deadline or now - last > _CONTENDED:
-                if not poll(0):
-                    self.failed()
-                break
-        else:
-            self.succeeded()
+            if now >= deadline or now - last > _DESCHEDULED:
+                self.failed()
+                return
+        self.succeeded()
 
 
 class FrameReader:

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
@@ -116,23 +117,58 @@ def test_spin_bounds_are_finite() -> None:
     for bad in (-0.1, 1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="spin bound"):
             Spin(bad)
-    assert Spin(0).budget() == 0
 
 
-def test_spinning_backs_off_after_failures_and_resets_on_success() -> None:
-    spin = Spin(0.05)
-    assert spin.budget() == 0.05
-    spin.failed()  # the next wait blocks at once, then spinning is tried again
-    assert [spin.budget() for _ in range(2)] == [0, 0.05]
-    spin.failed()  # a second failure in a row: two waits block
-    assert [spin.budget() for _ in range(3)] == [0, 0, 0.05]
-    for _ in range(20):
+class FakePoll:
+    """Counts polls; reports the pipe readable once ``ready`` is set."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.ready = False
+
+    def __call__(self, timeout: int) -> list[tuple[int, int]]:
+        self.calls += 1
+        return [(0, 1)] if self.ready else []
+
+
+def spun(spin: Spin, ready: bool = False) -> bool:
+    """Run one wait with a pipe that stays empty (or is ready); whether it spun at all."""
+    poll = FakePoll()
+    poll.ready = ready
+    spin.wait(poll)
+    return poll.calls > 0
+
+
+@pytest.fixture
+def preemptions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """This thread's involuntary context switches as the spinner sees them (set by the test)."""
+    count = [0]
+    monkeypatch.setattr(_frames, "_rusage", lambda who: SimpleNamespace(ru_nivcsw=count[0]))
+    return count
+
+
+def test_spinning_backs_off_after_failures_and_resets_on_success(preemptions: list[int]) -> None:
+    spin = Spin(0.001)
+    started = time.monotonic()
+    assert spun(spin)  # the pipe stays empty: the spin runs out after 1 ms, a failure
+    assert time.monotonic() - started < 0.5
+    assert [spun(spin) for _ in range(2)] == [False, True]  # one wait blocked, then tried again
+    assert [spun(spin) for _ in range(3)] == [False, False, True]  # a second failure: two blocked
+    for _ in range(10):
         spin.failed()
-    budgets = [spin.budget() for _ in range(_frames.MAX_SPIN_BACKOFF + 1)]
-    assert budgets == [0] * _frames.MAX_SPIN_BACKOFF + [0.05]  # capped
-    spin.succeeded()
+    waits = [spun(spin, ready=True) for _ in range(_frames.MAX_SPIN_BACKOFF + 1)]
+    assert waits == [False] * _frames.MAX_SPIN_BACKOFF + [True]  # capped at 64; this one succeeded
     spin.failed()
-    assert [spin.budget() for _ in range(2)] == [0, 0.05]  # the success reset the backoff
+    assert [spun(spin) for _ in range(2)] == [False, True]  # the success had reset the backoff
+
+
+def test_a_preempted_spinner_does_not_spin(preemptions: list[int]) -> None:
+    spin = Spin(0.001)
+    assert spun(spin, ready=True)
+    preemptions[0] += 1  # another task took this thread's CPU since its last spin
+    assert not spun(spin, ready=True)
+    assert [spun(spin, ready=True) for _ in range(2)] == [False, True]  # counted as a failure
+    assert not spun(Spin(0), ready=True)  # 0 never spins
 
 
 def test_a_spin_returns_the_answer_whether_it_comes_early_or_late(pipe: Pipe) -> None:
@@ -142,11 +178,6 @@ def test_a_spin_returns_the_answer_whether_it_comes_early_or_late(pipe: Pipe) ->
         thread = write_later(write_fd, _frames.encode({"v": delay}), delay)
         assert reader.read(1 << 20, spin)[0] == {"v": delay}
         thread.join()
-    thread = write_later(write_fd, _frames.encode({"v": "slow"}), 0.1)
-    spin = Spin(0.01)
-    assert reader.read(1 << 20, spin)[0] == {"v": "slow"}
-    thread.join()
-    assert spin.budget() == 0  # ran out (or gave way): counted as a failure
 
 
 def test_a_spin_gives_way_to_another_task_on_its_cpu(pipe: Pipe) -> None:
@@ -155,12 +186,12 @@ def test_a_spin_gives_way_to_another_task_on_its_cpu(pipe: Pipe) -> None:
     cpu = min(os.sched_getaffinity(0))
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     before = os.sched_getaffinity(0)
+    thread = write_later(write_fd, _frames.encode({"v": 1}), 0.35)  # not pinned: started before
     try:
         os.sched_setaffinity(hog.pid, {cpu})
         os.sched_setaffinity(0, {cpu})  # this thread only
         time.sleep(0.05)
         spin = Spin(0.5)
-        thread = write_later(write_fd, _frames.encode({"v": 1}), 0.3)
         started = time.thread_time()
         assert reader.read(1 << 20, spin)[0] == {"v": 1}
         used = time.thread_time() - started
@@ -169,8 +200,8 @@ def test_a_spin_gives_way_to_another_task_on_its_cpu(pipe: Pipe) -> None:
         os.sched_setaffinity(0, before)
         hog.kill()
         hog.wait()
-    assert used < 0.1, f"the spinner used {used:.3f} s of its CPU while another task wanted it"
-    assert spin.budget() == 0  # counted as a failed spin
+    assert used < 0.05, f"the spinner used {used:.3f} s of its CPU while another task wanted it"
+    assert not spun(spin, ready=True)  # counted as a failed spin: the next wait blocks
 
 
 def test_a_spin_burns_at_most_its_bound_of_cpu(pipe: Pipe) -> None:
