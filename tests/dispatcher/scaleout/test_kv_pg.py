@@ -297,3 +297,16 @@ async def test_a_call_on_the_event_loop_thread_is_a_host_error_not_a_deadlock(ma
     with pytest.raises(HostCallError) as info:
         call_now("env.kv.get", {"key": "k"})
     assert info.value.type_name == "HostError"
+
+
+async def test_an_unreachable_database_is_a_connection_error_the_tenant_can_retry(tmp_path: Path) -> None:
+    # min_size=0: opening connects nothing, so a server that is down shows at the first call.
+    backend = await PostgresKVBackend.open("postgresql://postgres@127.0.0.1:1/test", schema="tf_nowhere")
+    env = TenantBindings("acme", BindingPolicy(granted=ALL), tmp_path, shared_kv=backend)
+    try:
+        error = await refusal(env, "env.kv.put", {"key": "k", "value": 1})
+        assert error.type_name == "ConnectionError" and "retry" in error.message
+        assert "127.0.0.1" not in error.message  # the guest learns nothing about the host's network
+    finally:
+        env.close()
+        await backend.aclose()
