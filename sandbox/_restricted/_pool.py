@@ -89,9 +89,10 @@ class PoolConfig:
     spin_us: int = 100
     """Microseconds a side that expects an answer polls its pipe before blocking: the worker after
     sending a host call, the parent's reader after answering one (never while idle). It spares the
-    ~25-35 µs wake-up of an idle vCPU per direction; the spin stops early when the answer comes,
-    backs off after answers slower than this, and counts against the invocation's CPU budget in
-    the worker. 0 turns it off; at most 10,000."""
+    ~25-35 µs wake-up of an idle vCPU per direction. A spin ends as soon as the answer comes; one
+    that runs out, or a CPU that looks contended, makes the next 1, 2, 4 ... 64 waits block at
+    once. The worker's spinning counts against the invocation's CPU budget. 0 turns it off; at
+    most 10,000."""
     worker_user: str | int | None = None
     """Run workers as this user (and its primary group, no supplementary groups). Recommended when
     the platform runs as root: an escape from RestrictedPython then lands in an unprivileged
