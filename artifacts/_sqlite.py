@@ -268,14 +268,15 @@ class SqliteBackend(StorageBackend):
         """The cached or freshly read version, on this thread (see the design note)."""
         with self._sync_lock:
             db = self._sync
-            (data_version,) = db.execute("PRAGMA data_version").fetchall()[0]
-            if data_version != self._data_version:
-                self._resolved.clear()
-                self._data_version = data_version
             key = (namespace, workflow, ref)
-            found = self._resolved.get(key)
-            if found is not None:
-                return found
+            if self._resolved.capacity:
+                (data_version,) = db.execute("PRAGMA data_version").fetchall()[0]
+                if data_version != self._data_version:
+                    self._resolved.clear()
+                    self._data_version = data_version
+                found = self._resolved.get(key)
+                if found is not None:
+                    return found
             rows = db.execute(*self._version_query(namespace, workflow, ref)).fetchall()
             if not rows:
                 return None
