@@ -164,17 +164,19 @@ class WarmCache:
 
     def release(self, key: CacheKey, sandbox: Sandbox, *, reusable: bool = True) -> None:
         """Give a sandbox back after its invocation; dead, unusable or surplus sandboxes are closed."""
-        entry = self._lru.get(key)
+        entry = self._lru.get(key)  # also marks it most recently used
         if entry is None or entry.evicted:
             self._close(sandbox)
             return
+        size = entry.size
         entry.in_use = max(0, entry.in_use - 1)
         entry.last_used = time.monotonic()
         if reusable and sandbox.alive and len(entry.idle) < self._pool_size:
             entry.idle.append(sandbox)
         else:
             self._close(sandbox)
-        self._store(key, entry)
+        if entry.size != size:  # a warm sandbox back in its pool leaves the size as it was
+            self._store(key, entry)
 
     def invalidate(self, tenant: str) -> None:
         """Drop every entry of ``tenant`` (its policy changed)."""

@@ -102,3 +102,32 @@ async def test_eviction_under_pressure_with_a_thousand_tenants(tmp_path: Path) -
         assert rss_samples[1] - rss_samples[0] < 150 * 1024 * 1024, rss_samples
     finally:
         await platform.aclose()
+
+
+async def test_memory_accounting_follows_every_acquire_and_release() -> None:
+    calls: list[str] = []
+    cache = _cache(create_backend("inprocess"), calls, pool_size=2, bytes_per_sandbox={"inprocess": 1000})
+
+    def accounted() -> None:
+        """The sizes the LRU charged are the entries' sizes now (what its memory bound relies on)."""
+        entries = dict(cache._lru.items())
+        charged = cache._lru._Cache__size  # type: ignore[attr-defined]
+        assert {key: charged[key] for key in entries} == {key: e.size for key, e in entries.items()}
+        assert cache._lru.currsize == sum(entry.size for entry in entries.values())
+
+    first, second, third = [await cache.acquire(_key("t")) for _ in range(3)]
+    accounted()  # three loaded and in use
+    cache.release(_key("t"), first)
+    cache.release(_key("t"), second)
+    accounted()
+    cache.release(_key("t"), third)  # the pool is full: closed, the entry shrinks
+    accounted()
+    assert cache._lru.currsize == 2000
+    warm = await cache.acquire(_key("t"))
+    cache.release(_key("t"), warm)  # warm round trip: unchanged size, no re-insert needed
+    accounted()
+    dead = await cache.acquire(_key("t"))
+    cache.release(_key("t"), dead, reusable=False)
+    accounted()
+    assert cache._lru.currsize == 1000 and cache.sandboxes == 1
+    await cache.aclose()
