@@ -3,7 +3,9 @@
 Step operations become journal operations of that instance only (the journal is bound to it; no
 argument can name another instance). Results are wrapped in the instance's envelope before the
 engine stores them and unwrapped before the guest sees them. Host calls arrive on the sandbox's
-thread; journal operations run on the event loop, so ``call`` hops there and waits.
+thread. ``step.do``, ``step.commit`` and ``step.fail`` are answered right there (the journal's
+bookkeeping is in memory, and the store takes the commit from any thread); sleeps and events read
+the store through the event loop, so for those ``call`` hops there and waits.
 
 Whatever goes wrong, the guest only ever gets a JSON answer or a ``HostCallError``: the engine's
 control-flow signals (``Suspend``, ``RunAborted``) and fatal errors become ``{"action": "suspend"}``
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from engine import (
@@ -83,7 +84,17 @@ class StepBridge:
     def call(self, name: str, args: JSON) -> JSON:
         if name.startswith("step."):
             self.step_calls += 1
-            return self._on_loop(self._step(name, args))
+            if self._stopped:
+                return SUSPEND
+            if not isinstance(args, dict):
+                raise HostCallError(f"{name} expects a JSON object", type_name="TypeError")
+            here = _ON_GUEST_THREAD.get(name)
+            if here is not None:
+                try:
+                    return here(self, args)
+                except _SETTLED as exc:
+                    return self._settled(exc)
+            return run_on_loop(self._on_loop(name, args), self._loop)
         if name == "log":
             if not isinstance(args, dict):
                 raise HostCallError("log expects {level, message}", type_name="TypeError")
@@ -102,47 +113,46 @@ class StepBridge:
             return self._bindings.call(name, args)
         raise HostCallError(f"unknown host call {name!r}", type_name="HostError")
 
-    def _on_loop(self, coro: Coroutine[Any, Any, JSON]) -> JSON:
-        return run_on_loop(coro, self._loop)
+    # -- step operations answered on the guest's thread ------------------------------------------
+    # Beginning a step is bookkeeping in memory and committing one is a write the store can take
+    # from any thread (``Journal.finish_attempt_blocking``): neither needs the event loop, and the
+    # two hand-offs through it used to cost more than the rest of a step.
 
-    # -- step operations -----------------------------------------------------------------------
+    def _do(self, args: dict[str, Any]) -> JSON:
+        name = _text(args, "name")
+        return self._decision(self._journal.begin_step(name, args.get("config") or None), name)
 
-    async def _step(self, name: str, args: JSON) -> JSON:
-        if self._stopped:
-            return SUSPEND
-        if not isinstance(args, dict):
-            raise HostCallError(f"{name} expects a JSON object", type_name="TypeError")
+    def _commit(self, args: dict[str, Any]) -> JSON:
+        journal = self._journal
+        self._check_in_flight(args)
+        decision = journal.finish_attempt_blocking(result=wrap(self._route, args.get("result")))
+        self._in_flight = None
+        if isinstance(decision, StepCached):
+            return {"time": journal.boundary_time}
+        journal.yield_now()  # a late result became a failure: replay decides what comes next
+
+    def _fail(self, args: dict[str, Any]) -> JSON:
+        journal = self._journal
+        self._check_in_flight(args)
+        error = args.get("error")
+        if not isinstance(error, dict):
+            raise HostCallError("step.fail expects error: {name, message}", type_name="TypeError")
+        info = ErrorInfo(str(error.get("name", "Error"))[:200], str(error.get("message", ""))[:4096])
+        decision = journal.finish_attempt_blocking(
+            error=info, non_retryable=args.get("non_retryable") is True
+        )
+        if isinstance(decision, StepRun):
+            return {"action": "retry", "attempt": decision.attempt, "time": journal.boundary_time}
+        self._in_flight = None
+        if isinstance(decision, StepFailure):
+            return {"action": "failed", "error": decision.error.to_json(), "time": journal.boundary_time}
+        raise HostCallError("a failed attempt cannot commit a result", type_name="StepError")
+
+    # -- step operations on the event loop (timers and events: rare, and they read the store) ----
+
+    async def _on_loop(self, name: str, args: dict[str, Any]) -> JSON:
         journal = self._journal
         try:
-            if name == "step.do":
-                decision = await journal.begin_step(_text(args, "name"), args.get("config") or None)
-                return self._decision(decision, _text(args, "name"))
-            if name == "step.commit":
-                self._check_in_flight(args)
-                decision = await journal.finish_attempt(result=wrap(self._route, args.get("result")))
-                self._in_flight = None
-                if isinstance(decision, StepCached):
-                    return {"time": journal.boundary_time}
-                journal.yield_now()  # a late result became a failure: replay decides what comes next
-            if name == "step.fail":
-                self._check_in_flight(args)
-                error = args.get("error")
-                if not isinstance(error, dict):
-                    raise HostCallError("step.fail expects error: {name, message}", type_name="TypeError")
-                info = ErrorInfo(str(error.get("name", "Error"))[:200], str(error.get("message", ""))[:4096])
-                decision = await journal.finish_attempt(
-                    error=info, non_retryable=args.get("non_retryable") is True
-                )
-                if isinstance(decision, StepRun):
-                    return {"action": "retry", "attempt": decision.attempt, "time": journal.boundary_time}
-                self._in_flight = None
-                if isinstance(decision, StepFailure):
-                    return {
-                        "action": "failed",
-                        "error": decision.error.to_json(),
-                        "time": journal.boundary_time,
-                    }
-                raise HostCallError("a failed attempt cannot commit a result", type_name="StepError")
             if name == "step.sleep":
                 await journal.sleep(_text(args, "name"), args.get("duration"))
                 return {"action": "continue", "time": journal.boundary_time}
@@ -159,21 +169,23 @@ class StepBridge:
                     "event": {**event, "payload": payload},
                     "time": journal.boundary_time,
                 }
-        except EventTimeoutError as exc:
-            return {"action": "timeout", "error": {"name": "EventTimeoutError", "message": str(exc)},
-                    "time": journal.boundary_time}  # fmt: skip
-        except (Suspend, RunAborted, NonDeterminismError):
-            self._stopped = True
-            return SUSPEND
-        except EnvelopeError as exc:
-            self.fatal = ErrorInfo("EnvelopeError", str(exc))
-            self._stopped = True
-            return SUSPEND
-        except EngineValidationError as exc:
-            raise HostCallError(str(exc), type_name="ValueError") from None
-        except EngineError as exc:
-            raise HostCallError(str(exc), type_name="StepError") from None
+        except _SETTLED as exc:
+            return self._settled(exc)
         raise HostCallError(f"unknown step operation {name!r}", type_name="HostError")
+
+    def _settled(self, exc: BaseException) -> JSON:
+        """What the guest gets for an engine signal or error (see the module docstring)."""
+        if isinstance(exc, EventTimeoutError):
+            return {"action": "timeout", "error": {"name": "EventTimeoutError", "message": str(exc)},
+                    "time": self._journal.boundary_time}  # fmt: skip
+        if isinstance(exc, EnvelopeError):
+            self.fatal = ErrorInfo("EnvelopeError", str(exc))
+        elif isinstance(exc, EngineValidationError):
+            raise HostCallError(str(exc), type_name="ValueError") from None
+        elif not isinstance(exc, Suspend | RunAborted | NonDeterminismError):
+            raise HostCallError(str(exc), type_name="StepError") from None
+        self._stopped = True
+        return SUSPEND
 
     def _decision(self, decision: StepDecision, name: str) -> JSON:
         time = self._journal.boundary_time
@@ -201,3 +213,12 @@ def _text(args: dict[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise HostCallError(f"{key} must be a string, got {type(value).__name__}", type_name="TypeError")
     return value
+
+
+_ON_GUEST_THREAD = {
+    "step.do": StepBridge._do,
+    "step.commit": StepBridge._commit,
+    "step.fail": StepBridge._fail,
+}
+# Order matters: EventTimeoutError and NonDeterminismError are EngineErrors with answers of their own.
+_SETTLED = (EventTimeoutError, Suspend, RunAborted, NonDeterminismError, EnvelopeError, EngineError)

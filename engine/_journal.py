@@ -21,10 +21,12 @@ When a run must stop (a timer, an event, a retry delay, a pause request) the ope
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import inspect
 import json
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -126,6 +128,7 @@ class Journal:
         entries: list[StepEntry],
     ) -> None:
         self._store = store
+        self._loop = asyncio.get_running_loop()
         self._config = config
         self._clock = clock
         self._pk = pk
@@ -184,8 +187,11 @@ class Journal:
 
     # -- low-level step API --------------------------------------------------------------------
 
-    async def begin_step(self, name: str, config: StepConfig | dict[str, Any] | None = None) -> StepDecision:
-        """Start (or replay) ``step.do(name)``. See the module docstring."""
+    def begin_step(self, name: str, config: StepConfig | dict[str, Any] | None = None) -> StepDecision:
+        """Start (or replay) ``step.do(name)``. See the module docstring.
+
+        It does no I/O, so it is a plain call, safe on the thread of the guest that owns this run.
+        """
         parsed = None if config is None else StepConfig.parse(config)
         seq, count, entry = self._enter("step", name)
         now = self._clock.now_ms()
@@ -227,6 +233,27 @@ class Journal:
         Success commits the result durably and returns ``StepCached``. A failure returns ``StepRun``
         (retry at once), ``StepFailure`` (no retries left), or raises ``Suspend`` (retry later).
         """
+        entry, then = self._settle_attempt(result, error, non_retryable)
+        await self._save(entry)
+        return then()
+
+    def finish_attempt_blocking(
+        self, *, result: Any = None, error: ErrorInfo | None = None, non_retryable: bool = False
+    ) -> StepDecision:
+        """``finish_attempt`` for the thread of the guest that owns this run: blocks until committed.
+
+        A sandboxed guest waits for the answer anyway; writing from its thread (``save_step_blocking``)
+        skips two hand-offs through the event loop per step.
+        """
+        entry, then = self._settle_attempt(result, error, non_retryable)
+        with self._writing():
+            self._store.save_step_blocking(self._loop, self._pk, self.instance.generation, entry)
+        return then()
+
+    def _settle_attempt(
+        self, result: Any, error: ErrorInfo | None, non_retryable: bool
+    ) -> tuple[StepEntry, Callable[[], StepDecision]]:
+        """Record the attempt on the in-flight entry; returns the entry to save and what follows the save."""
         if self._in_flight is None:
             raise EngineError("finish_attempt() without a step in flight: call begin_step() first")
         entry, started, cfg = self._in_flight
@@ -254,24 +281,34 @@ class Journal:
         )
         if error is None:
             entry.state, entry.output, entry.end_at, entry.wake_at = "complete", text, now, None
-            await self._save(entry)
-            self.steps_committed += 1
-            self._boundary = now
-            return StepCached(json.loads(text))
+
+            def committed() -> StepDecision:
+                self.steps_committed += 1
+                self._boundary = now
+                return StepCached(json.loads(text))
+
+            return entry, committed
         retries_done = len(entry.attempts) - 1
         if non_retryable or retries_done >= cfg.retries.limit:
             entry.state, entry.end_at, entry.wake_at = "failed", now, None
             entry.error_name, entry.error_message = error.name, error.message
-            await self._save(entry)
-            self._boundary = now
-            return StepFailure(error)
+            failure = StepFailure(error)
+
+            def failed() -> StepDecision:
+                self._boundary = now
+                return failure
+
+            return entry, failed
         delay = cfg.retries.delay_before(retries_done + 1)
         entry.state, entry.wake_at = "retrying", now + delay
-        await self._save(entry)
-        if delay > 0:
-            self._suspend(now + delay)
-        self._in_flight = (entry, now, cfg)
-        return StepRun(entry.count, len(entry.attempts) + 1, cfg)
+
+        def retry() -> StepDecision:
+            if delay > 0:
+                self._suspend(now + delay)
+            self._in_flight = (entry, now, cfg)
+            return StepRun(entry.count, len(entry.attempts) + 1, cfg)
+
+        return entry, retry
 
     # -- high-level API ------------------------------------------------------------------------
 
@@ -283,7 +320,7 @@ class Journal:
         config: StepConfig | dict[str, Any] | None = None,
     ) -> Any:
         """Run ``fn`` as a durable step; a callback with one parameter gets the step context dict."""
-        decision = await self.begin_step(name, config)
+        decision = self.begin_step(name, config)
         with_context = _accepts_context(fn)
         while True:
             if isinstance(decision, StepCached):
@@ -380,15 +417,10 @@ class Journal:
         if entry.state == "failed":
             self._boundary = entry.end_at or self._boundary
             raise EventTimeoutError(name, event_type)
-        try:
+        with self._writing():
             taken = await self._store.take_event(
                 self._pk, self.instance.generation, entry, now, save_waiting=new
             )
-        except StaleRunError:
-            self.aborted = True
-            raise RunAborted from None
-        except Exception as exc:
-            self._storage_failed(exc)
         if taken is not None:
             self._boundary = now
             return {"payload": json.loads(taken[0]), "timestamp": iso_ms(taken[1]), "type": event_type}
@@ -461,20 +493,23 @@ class Journal:
         return seq, count, entry
 
     async def _save(self, entry: StepEntry) -> None:
-        try:
+        with self._writing():
             await self._store.save_step(self._pk, self.instance.generation, entry)
-        except StaleRunError:
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn a refused write into the end of this run."""
+        try:
+            yield
+        except StaleRunError:  # restarted, terminated or taken over meanwhile
             self.aborted = True
             raise RunAborted from None
         except Exception as exc:
-            self._storage_failed(exc)
-
-    def _storage_failed(self, exc: Exception) -> NoReturn:
-        # Not the workflow's fault: abandon this run (nothing after the last commit is kept) and let
-        # the engine run it again once the database accepts writes.
-        self.store_error = exc
-        self.aborted = True
-        raise RunAborted from exc
+            # Not the workflow's fault: abandon this run (nothing after the last commit is kept) and
+            # let the engine run it again once the database accepts writes.
+            self.store_error = exc
+            self.aborted = True
+            raise RunAborted from exc
 
     def _suspend(self, wake_at: int, event_type: str | None = None) -> NoReturn:
         self.suspension = (wake_at, event_type)
@@ -485,5 +520,7 @@ class Journal:
         raise error
 
 
+@functools.lru_cache(maxsize=256)
 def _config_text(config: StepConfig) -> str:
+    # Cached: nearly every step of a workflow has the same few configurations (usually the default).
     return json.dumps(config.to_json(), separators=(",", ":"))

@@ -1,15 +1,13 @@
-"""The SQLite engine store (aiosqlite, WAL, ``synchronous=FULL`` by default) with group commit.
+"""The SQLite engine store (WAL, ``synchronous=FULL`` by default) with group commit.
 
 Design note. A durable step costs one fsync of the WAL. Committing each step in its own transaction
 would cap throughput at the disk's fsync rate no matter how many instances run. Instead every write
-is queued to ``_GroupCommitter``, which runs everything queued so far in ONE transaction, each write
-inside its own SAVEPOINT (so one refused write, e.g. a stale generation, does not undo the others),
-then commits once and resolves every waiter. While a batch is being written, new writes queue up
-for the next one: throughput grows with concurrency, and a lone writer still pays one fsync.
-
-aiosqlite has no public call to run a function on its connection thread; a whole batch must be
-one hop there, so we use ``Connection._execute`` (present and stable since aiosqlite 0.17). Reads use
-a second connection so they never wait behind a batch's fsync (WAL lets them run concurrently).
+goes to ``SqliteWriter`` (engine/_sqlite_writer.py), a thread that runs everything queued so far in
+ONE transaction and commits once; a sandbox's thread can hand it a step's write directly, without
+the event loop. Reads use a second connection (aiosqlite) so they never wait behind a batch's fsync
+(WAL lets them run concurrently). aiosqlite has no public call to run a function on its connection
+thread; a read must be one hop there, so we use ``Connection._execute`` (present and stable since
+aiosqlite 0.17).
 """
 
 from __future__ import annotations
@@ -25,9 +23,9 @@ from typing import Any
 
 import aiosqlite
 
-from ._batching import BatchCommitter
 from ._errors import InstanceExistsError, InvalidTransitionError
 from ._model import EngineConfig, ErrorInfo, Instance, Status, iso_ms
+from ._sqlite_writer import Op, SqliteWriter
 from ._store import (
     EngineStore,
     FinishResult,
@@ -114,8 +112,6 @@ _UPDATABLE = frozenset(
 )  # fmt: skip
 _LIVE = ("queued", "running", "waiting", "waitingForPause")
 
-Op = Callable[[sqlite3.Connection], Any]
-
 
 async def on_db_thread(db: aiosqlite.Connection, fn: Callable[[], Any]) -> Any:
     """Run ``fn`` on the connection's own thread, in one hop (see the module note)."""
@@ -161,6 +157,11 @@ def _write_step(conn: sqlite3.Connection, pk: int, e: StepEntry) -> None:
     )  # fmt: skip
 
 
+def _save_step(pk: int, generation: int, entry: StepEntry, conn: sqlite3.Connection) -> None:
+    _check_generation(conn, pk, generation)
+    _write_step(conn, pk, entry)
+
+
 def _namespace_filter(namespace: str | None, workflow: str | None) -> tuple[str, list[Any]]:
     """A WHERE clause (and its arguments) selecting a namespace and workflow when given."""
     clauses, args = [], []
@@ -179,99 +180,75 @@ def _check_generation(conn: sqlite3.Connection, pk: int, generation: int) -> str
     return status
 
 
-class _GroupCommitter(BatchCommitter[Op]):
-    """Runs queued writes in shared transactions (see the module note)."""
-
-    def __init__(self, db: aiosqlite.Connection, max_batch: int = 2_000) -> None:
-        self._db = db
-        super().__init__(max_batch=max_batch, name="tenantflow-group-commit")
-
-    async def _run_batch(self, ops: list[Op]) -> list[tuple[bool, Any]]:
-        result: list[tuple[bool, Any]] = await on_db_thread(
-            self._db, functools.partial(self._write_batch, ops)
-        )
-        return result
-
-    def _write_batch(self, ops: list[Op]) -> list[tuple[bool, Any]]:
-        conn: sqlite3.Connection = self._db._conn
-        results: list[tuple[bool, Any]] = []
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for op in ops:
-                conn.execute("SAVEPOINT w")
-                try:
-                    results.append((True, op(conn)))
-                    conn.execute("RELEASE w")
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO w")
-                    conn.execute("RELEASE w")
-                    results.append((False, exc))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return results
-
-
 class SqliteStore(EngineStore):
     """The embedded default store: one SQLite file."""
 
     def __init__(self, path: str | Path, config: EngineConfig | None = None) -> None:
         self.path = Path(path)
         self._config = config or EngineConfig()
-        self._writer_db: aiosqlite.Connection | None = None
         self._reader_db: aiosqlite.Connection | None = None
-        self._committer: _GroupCommitter | None = None
+        self._writer: SqliteWriter | None = None
 
     async def open(self) -> None:
-        if self._committer is not None:
+        if self._writer is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await self._connect()
-        await writer.executescript(_SCHEMA)
-        row = await (await writer.execute("SELECT version FROM schema_version")).fetchone()
-        if row is None:  # a new file: the script created version 1
-            await writer.execute("INSERT INTO schema_version (version) VALUES (1)")
-        found: int = 1 if row is None else row[0]
-        if found > SCHEMA_VERSION:
-            await writer.close()
-            raise RuntimeError(
-                f"{self.path} has engine schema version {found}, newer than this tenantflow "
-                f"({SCHEMA_VERSION}); upgrade tenantflow"
-            )
-        for version in range(found + 1, SCHEMA_VERSION + 1):
-            await writer.execute("BEGIN IMMEDIATE")
-            await writer.execute(_MIGRATIONS[version - 2])
-            await writer.execute("UPDATE schema_version SET version = ?", (version,))
-            await writer.execute("COMMIT")
-        self._writer_db = writer
-        self._reader_db = await self._connect()
-        await self._reader_db.execute("PRAGMA query_only = ON")
-        self._committer = _GroupCommitter(writer)
+        conn = await asyncio.to_thread(self._open_writer_connection)
+        self._writer = SqliteWriter(conn)
+        self._reader_db = await aiosqlite.connect(self.path, isolation_level=None)
+        for pragma in (*self._pragmas(), "PRAGMA query_only = ON"):
+            await self._reader_db.execute(pragma)
 
-    async def _connect(self) -> aiosqlite.Connection:
-        db = await aiosqlite.connect(self.path, isolation_level=None)
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute(f"PRAGMA synchronous = {self._config.synchronous}")
-        await db.execute(f"PRAGMA busy_timeout = {int(self._config.busy_timeout_ms)}")
-        return db
+    def _pragmas(self) -> tuple[str, ...]:
+        return (
+            "PRAGMA journal_mode = WAL",
+            f"PRAGMA synchronous = {self._config.synchronous}",
+            f"PRAGMA busy_timeout = {int(self._config.busy_timeout_ms)}",
+        )
+
+    def _open_writer_connection(self) -> sqlite3.Connection:
+        """The writer's connection, with the schema created or migrated (runs on a worker thread)."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            for pragma in self._pragmas():
+                conn.execute(pragma)
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            if row is None:  # a new file: the script created version 1
+                conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+            found: int = 1 if row is None else row[0]
+            if found > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} has engine schema version {found}, newer than this tenantflow "
+                    f"({SCHEMA_VERSION}); upgrade tenantflow"
+                )
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(_MIGRATIONS[version - 2])
+                conn.execute("UPDATE schema_version SET version = ?", (version,))
+                conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     async def aclose(self) -> None:
-        committer, self._committer = self._committer, None
-        if committer is not None:
-            await committer.aclose()
-        for db in (self._reader_db, self._writer_db):
-            if db is not None:
-                await db.close()
-        self._reader_db = self._writer_db = None
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer.aclose()
+        reader, self._reader_db = self._reader_db, None
+        if reader is not None:
+            await reader.close()
 
     def _write(self, op: Op) -> asyncio.Future[Any]:
-        if self._committer is None:
+        return self._open_writer().submit(op)
+
+    def _open_writer(self) -> SqliteWriter:
+        if self._writer is None:
             raise RuntimeError(
                 "the engine store is not open (call open() or use it as an async context manager)"
             )
-        return self._committer.submit(op)
+        return self._writer
 
     async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         db = self._reader_db
@@ -412,15 +389,17 @@ class SqliteStore(EngineStore):
                 (now, now, pk, generation),
             )
 
-        if self._committer is not None:
-            self._committer.submit_nowait(op)
+        if self._writer is not None:
+            self._writer.submit_nowait(op)
 
     async def save_step(self, pk: int, generation: int, entry: StepEntry) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            _check_generation(conn, pk, generation)
-            _write_step(conn, pk, entry)
+        await self._write(functools.partial(_save_step, pk, generation, entry))
 
-        await self._write(op)
+    def save_step_blocking(
+        self, loop: asyncio.AbstractEventLoop, pk: int, generation: int, entry: StepEntry
+    ) -> None:
+        # Straight to the writer thread: no hop through the event loop (see engine/_sqlite_writer.py).
+        self._open_writer().run_blocking(functools.partial(_save_step, pk, generation, entry))
 
     async def take_event(
         self, pk: int, generation: int, entry: StepEntry, now: int, save_waiting: bool

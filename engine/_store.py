@@ -21,6 +21,9 @@ the worker that lost it exactly as a restart does.
 from __future__ import annotations
 
 import abc
+import asyncio
+import concurrent.futures
+import contextvars
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -169,6 +172,24 @@ class EngineStore(abc.ABC):
     async def save_step(self, pk: int, generation: int, entry: StepEntry) -> None:
         """Durably write one journal entry. ``StaleRunError`` if the generation moved on."""
 
+    def save_step_blocking(
+        self, loop: asyncio.AbstractEventLoop, pk: int, generation: int, entry: StepEntry
+    ) -> None:
+        """``save_step`` for a thread that may block and is not ``loop``'s (a sandboxed guest's thread).
+
+        This default hops to ``loop`` and waits; a store that can reach its writer without the loop
+        overrides it (that hop is most of a step's cost when the disk is fast).
+        """
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def start() -> None:
+            task = loop.create_task(self.save_step(pk, generation, entry))
+            task.add_done_callback(lambda t: _copy_outcome(t, done))
+
+        # A clean context: the calling thread's context variables must not leak into the loop's work.
+        loop.call_soon_threadsafe(start, context=contextvars.Context())
+        done.result()
+
     @abc.abstractmethod
     async def take_event(
         self, pk: int, generation: int, entry: StepEntry, now: int, save_waiting: bool
@@ -311,3 +332,12 @@ class SharedEngineStore(EngineStore):
     async def listen(self, callback: Callable[[str], None]) -> bool:
         """Deliver notifications to ``callback`` (idempotent; reconnects a lost listener).
         False when not listening (the caller polls meanwhile)."""
+
+
+def _copy_outcome(task: asyncio.Task[None], done: concurrent.futures.Future[None]) -> None:
+    if task.cancelled():
+        done.set_exception(RuntimeError("the write was cancelled: the engine is stopping"))
+    elif (exc := task.exception()) is not None:
+        done.set_exception(exc)
+    else:
+        done.set_result(None)
