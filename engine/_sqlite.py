@@ -25,7 +25,7 @@ import aiosqlite
 
 from ._errors import InstanceExistsError, InvalidTransitionError
 from ._model import EngineConfig, ErrorInfo, Instance, Status, iso_ms
-from ._sqlite_writer import Op, SqliteWriter
+from ._sqlite_writer import Op, SingleStatement, SqliteWriter
 from ._store import (
     EngineStore,
     FinishResult,
@@ -158,8 +158,18 @@ def _write_step(conn: sqlite3.Connection, pk: int, e: StepEntry) -> None:
 
 
 def _save_step(pk: int, generation: int, entry: StepEntry, conn: sqlite3.Connection) -> None:
-    _check_generation(conn, pk, generation)
-    _write_step(conn, pk, entry)
+    # One statement that writes only while the run's generation holds: a refused write changed
+    # nothing, so the batch needs no SAVEPOINT around it (see ``SingleStatement``).
+    e = entry
+    cursor = conn.execute(
+        f"INSERT OR REPLACE INTO steps (instance_pk, {_STEP_COLUMNS}) SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,? "
+        "WHERE EXISTS (SELECT 1 FROM instances WHERE pk = ? AND generation = ?)",
+        (pk, e.seq, e.type, e.name, e.count, e.state, e.start_at, e.end_at, e.output, e.error_name,
+         e.error_message, e.wake_at, e.event_type, e.config, json.dumps(e.attempts, separators=(",", ":")),
+         pk, generation),
+    )  # fmt: skip
+    if cursor.rowcount != 1:
+        raise StaleRunError(pk)
 
 
 def _namespace_filter(namespace: str | None, workflow: str | None) -> tuple[str, list[Any]]:
@@ -393,13 +403,15 @@ class SqliteStore(EngineStore):
             self._writer.submit_nowait(op)
 
     async def save_step(self, pk: int, generation: int, entry: StepEntry) -> None:
-        await self._write(functools.partial(_save_step, pk, generation, entry))
+        await self._write(SingleStatement(functools.partial(_save_step, pk, generation, entry)))
 
     def save_step_blocking(
         self, loop: asyncio.AbstractEventLoop, pk: int, generation: int, entry: StepEntry
     ) -> None:
         # Straight to the writer thread: no hop through the event loop (see engine/_sqlite_writer.py).
-        self._open_writer().run_blocking(functools.partial(_save_step, pk, generation, entry))
+        self._open_writer().run_blocking(
+            SingleStatement(functools.partial(_save_step, pk, generation, entry))
+        )
 
     async def take_event(
         self, pk: int, generation: int, entry: StepEntry, now: int, save_waiting: bool

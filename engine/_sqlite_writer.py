@@ -34,6 +34,22 @@ log = logging.getLogger(__name__)
 Op = Callable[[sqlite3.Connection], Any]
 
 
+class SingleStatement:
+    """Marks a write that either fully happens or raises having changed nothing (one statement).
+
+    The batch runs it without the SAVEPOINT it puts around other writes: each ``execute`` gives up
+    and takes back the GIL, and with many guest threads running, fewer of them per write matters.
+    """
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Op) -> None:
+        self.fn = fn
+
+    def __call__(self, conn: sqlite3.Connection) -> Any:
+        return self.fn(conn)
+
+
 class _Blocking:
     """A waiter on a thread other than the loop's: a lock the writer releases when the result is in."""
 
@@ -154,6 +170,12 @@ class SqliteWriter:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for op in ops:
+                if isinstance(op, SingleStatement):
+                    try:
+                        results.append((True, op.fn(conn)))
+                    except Exception as exc:
+                        results.append((False, exc))
+                    continue
                 conn.execute("SAVEPOINT w")
                 try:
                     results.append((True, op(conn)))
