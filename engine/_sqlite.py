@@ -13,19 +13,18 @@ aiosqlite 0.17).
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import sqlite3
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 
 from ._errors import InstanceExistsError, InvalidTransitionError
 from ._model import EngineConfig, ErrorInfo, Instance, Status, iso_ms
-from ._sqlite_writer import Op, SingleStatement, SqliteWriter
+from ._sqlite_writer import Mergeable, Op, SqliteWriter
 from ._store import (
     EngineStore,
     FinishResult,
@@ -157,19 +156,38 @@ def _write_step(conn: sqlite3.Connection, pk: int, e: StepEntry) -> None:
     )  # fmt: skip
 
 
-def _save_step(pk: int, generation: int, entry: StepEntry, conn: sqlite3.Connection) -> None:
-    # One statement that writes only while the run's generation holds: a refused write changed
-    # nothing, so the batch needs no SAVEPOINT around it (see ``SingleStatement``).
-    e = entry
-    cursor = conn.execute(
-        f"INSERT OR REPLACE INTO steps (instance_pk, {_STEP_COLUMNS}) SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,? "
-        "WHERE EXISTS (SELECT 1 FROM instances WHERE pk = ? AND generation = ?)",
-        (pk, e.seq, e.type, e.name, e.count, e.state, e.start_at, e.end_at, e.output, e.error_name,
-         e.error_message, e.wake_at, e.event_type, e.config, json.dumps(e.attempts, separators=(",", ":")),
-         pk, generation),
-    )  # fmt: skip
-    if cursor.rowcount != 1:
-        raise StaleRunError(pk)
+class _StepWrite(Mergeable):
+    """``save_step``: one statement that writes only while the run's generation holds (a refused
+    write changes nothing), so a batch merges consecutive ones (see ``Mergeable``)."""
+
+    __slots__ = ("entry", "generation", "pk")
+
+    def __init__(self, pk: int, generation: int, entry: StepEntry) -> None:
+        self.pk, self.generation, self.entry = pk, generation, entry
+
+    def _row(self) -> tuple[Any, ...]:
+        e = self.entry
+        return (self.pk, e.seq, e.type, e.name, e.count, e.state, e.start_at, e.end_at, e.output, e.error_name,
+                e.error_message, e.wake_at, e.event_type, e.config, json.dumps(e.attempts, separators=(",", ":")),
+                self.generation)  # fmt: skip
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        if conn.execute(_STEP_WRITE_SQL.format(rows=_STEP_ROW), self._row()).rowcount != 1:
+            raise StaleRunError(self.pk)
+
+    @classmethod
+    def write_all(cls, conn: sqlite3.Connection, ops: Sequence[Mergeable]) -> bool:
+        params = [value for op in ops for value in cast(_StepWrite, op)._row()]
+        sql = _STEP_WRITE_SQL.format(rows=",".join([_STEP_ROW] * len(ops)))
+        return bool(conn.execute(sql, params).rowcount == len(ops))
+
+
+_STEP_ROW = "(" + ",".join("?" * 16) + ")"
+_STEP_WRITE_SQL = (
+    f"INSERT OR REPLACE INTO steps (instance_pk, {_STEP_COLUMNS}) "
+    "SELECT " + ", ".join(f"column{i}" for i in range(1, 16)) + " FROM (VALUES {rows}) "
+    "WHERE EXISTS (SELECT 1 FROM instances WHERE pk = column1 AND generation = column16)"
+)
 
 
 def _namespace_filter(namespace: str | None, workflow: str | None) -> tuple[str, list[Any]]:
@@ -403,15 +421,13 @@ class SqliteStore(EngineStore):
             self._writer.submit_nowait(op)
 
     async def save_step(self, pk: int, generation: int, entry: StepEntry) -> None:
-        await self._write(SingleStatement(functools.partial(_save_step, pk, generation, entry)))
+        await self._write(_StepWrite(pk, generation, entry))
 
     def save_step_blocking(
         self, loop: asyncio.AbstractEventLoop, pk: int, generation: int, entry: StepEntry
     ) -> None:
         # Straight to the writer thread: no hop through the event loop (see engine/_sqlite_writer.py).
-        self._open_writer().run_blocking(
-            SingleStatement(functools.partial(_save_step, pk, generation, entry))
-        )
+        self._open_writer().run_blocking(_StepWrite(pk, generation, entry))
 
     async def take_event(
         self, pk: int, generation: int, entry: StepEntry, now: int, save_waiting: bool

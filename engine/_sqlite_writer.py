@@ -16,6 +16,7 @@ writes get asyncio futures, resolved with one ``call_soon_threadsafe`` per batch
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import contextvars
@@ -23,8 +24,8 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from ._batching import Result
 from ._store import StaleRunError
@@ -34,20 +35,36 @@ log = logging.getLogger(__name__)
 Op = Callable[[sqlite3.Connection], Any]
 
 
-class SingleStatement:
-    """Marks a write that either fully happens or raises having changed nothing (one statement).
+class Mergeable(abc.ABC):
+    """A write that is ONE statement (it fully happens, or raises having changed nothing) and that
+    consecutive writes of its kind can share.
 
-    The batch runs it without the SAVEPOINT it puts around other writes: each ``execute`` gives up
-    and takes back the GIL, and with many guest threads running, fewer of them per write matters.
+    The batch runs such writes without the SAVEPOINT it puts around others, and a run of them of one
+    kind with ``write_all``: one ``execute`` for the lot. That matters because every ``execute`` gives
+    up and takes back the GIL, and with many guest threads running each take can wait a while.
     """
 
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Op) -> None:
-        self.fn = fn
+    __slots__ = ()
 
     def __call__(self, conn: sqlite3.Connection) -> Any:
-        return self.fn(conn)
+        return self.write(conn)
+
+    @abc.abstractmethod
+    def write(self, conn: sqlite3.Connection) -> None:
+        """Write this one; raise (having changed nothing) if it is refused. Must be idempotent."""
+
+    @classmethod
+    @abc.abstractmethod
+    def write_all(cls, conn: sqlite3.Connection, ops: Sequence[Mergeable]) -> bool:
+        """Write all of ``ops`` (in order) in one statement; True if every one was applied.
+
+        False sends the batch through ``write`` for each of them to learn which were refused (the
+        ones already applied are written again, hence idempotent).
+        """
+
+
+MAX_MERGED = 500
+"""Writes merged into one statement at most (SQLite allows 32,766 parameters per statement)."""
 
 
 class _Blocking:
@@ -169,12 +186,19 @@ class SqliteWriter:
         results: list[Result] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for op in ops:
-                if isinstance(op, SingleStatement):
-                    try:
-                        results.append((True, op.fn(conn)))
-                    except Exception as exc:
-                        results.append((False, exc))
+            i = 0
+            while i < len(ops):
+                op = ops[i]
+                if isinstance(op, Mergeable):
+                    end = i + 1
+                    while end < len(ops) and end - i < MAX_MERGED and type(ops[end]) is type(op):
+                        end += 1
+                    group = cast(list[Mergeable], ops[i:end])
+                    if len(group) > 1 and type(op).write_all(conn, group):
+                        results.extend([(True, None)] * len(group))
+                    else:
+                        results.extend(_write_one(conn, write) for write in group)
+                    i = end
                     continue
                 conn.execute("SAVEPOINT w")
                 try:
@@ -184,12 +208,20 @@ class SqliteWriter:
                     conn.execute("ROLLBACK TO w")
                     conn.execute("RELEASE w")
                     results.append((False, exc))
+                i += 1
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         return results
+
+
+def _write_one(conn: sqlite3.Connection, write: Mergeable) -> Result:
+    try:
+        return True, write.write(conn)
+    except Exception as exc:
+        return False, exc
 
 
 def _resolve(resolved: list[tuple[asyncio.Future[Any], Result]]) -> None:

@@ -31,6 +31,7 @@ from engine import (
     StepFailure,
     StepRun,
 )
+from engine._sqlite import _StepWrite
 from engine._store import NewInstance, StaleRunError, StepEntry
 
 from .conftest import NS, Harness
@@ -212,3 +213,85 @@ async def test_writes_from_threads_share_commits_and_a_closed_store_refuses(tmp_
     await store.aclose()
     with pytest.raises(RuntimeError, match="not open"):
         store.save_step_blocking(loop, pk, 0, StepEntry(1000, "step", "x", 1, "complete", 1))
+
+
+async def test_a_merged_run_of_step_writes_still_refuses_only_the_stale_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    merged: list[tuple[int, bool]] = []
+    original = _StepWrite.write_all.__func__  # type: ignore[attr-defined]
+
+    def write_all(cls: type[_StepWrite], conn: Any, ops: Any) -> bool:
+        applied: bool = original(cls, conn, ops)
+        merged.append((len(ops), applied))
+        return applied
+
+    monkeypatch.setattr(_StepWrite, "write_all", classmethod(write_all))
+    store = SqliteStore(tmp_path / "engine.db")
+    await store.open()
+    rows = [NewInstance("ns", f"i{n}", "w", "null", "k", 1, None, "") for n in range(3)]
+    pks = await store.insert_instances(rows)
+    loop = asyncio.get_running_loop()
+    # Queue six writes while the writer is held up, so they land in one batch and are merged.
+    gate = threading.Event()
+    held = await _hold_writer(store, gate)
+    futures = [
+        asyncio.wrap_future(
+            asyncio.get_running_loop().run_in_executor(
+                None,
+                store.save_step_blocking,
+                loop,
+                pk,
+                generation,
+                StepEntry(seq, "step", "s", seq + 1, "complete", 1, output=str(seq)),
+            )
+        )
+        for seq in range(2)
+        for pk, generation in zip(pks, (0, 5, 0), strict=True)  # the middle one is stale
+    ]
+    await _queued(store, 6)
+    gate.set()
+    await held
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert [isinstance(o, StaleRunError) for o in outcomes] == [False, True, False] * 2
+    assert [len(await store.journal(pk)) for pk in pks] == [2, 0, 2]
+    assert merged == [(6, False)]  # tried as one statement, then one by one to find the stale write
+    # Without a stale write the merged statement is all it takes.
+    gate.clear()
+    held = await _hold_writer(store, gate)
+    futures = [
+        asyncio.wrap_future(
+            asyncio.get_running_loop().run_in_executor(
+                None, store.save_step_blocking, loop, pks[0], 0, StepEntry(seq, "step", "t", 1, "complete", 1)
+            )
+        )
+        for seq in range(2, 6)
+    ]
+    await _queued(store, 4)
+    gate.set()
+    await held
+    assert await asyncio.gather(*futures) == [None] * 4
+    assert merged[1:] == [(4, True)] and len(await store.journal(pks[0])) == 6
+    await store.aclose()
+
+
+async def _queued(store: SqliteStore, count: int) -> None:
+    """Wait until ``count`` writes wait in the writer's queue (behind the one holding it up)."""
+    for _ in range(500):
+        if store._open_writer()._queue.qsize() >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{count} writes never reached the writer's queue")
+
+
+async def _hold_writer(store: SqliteStore, gate: threading.Event) -> asyncio.Future[Any]:
+    """Occupy the writer thread until ``gate`` is set; returns once it is busy with that."""
+    busy = threading.Event()
+
+    def hold(conn: Any) -> None:
+        busy.set()
+        gate.wait(5)
+
+    held = store._open_writer().submit(hold)
+    assert await asyncio.to_thread(busy.wait, 5)
+    return held
