@@ -97,12 +97,15 @@ class LoopBridge:
         return await self._handler(name, args)
 
 
-def run_on_loop(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -> T:
+def run_on_loop(
+    coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop, timeout: float | None = None
+) -> T:
     """Run ``coro`` on ``loop`` from another thread and wait for its result.
 
     Unlike ``asyncio.run_coroutine_threadsafe``, the task starts in a fresh, empty context: the
     calling (guest) thread's context variables, such as the tenant SDK's deterministic clock, must
-    never leak into host code.
+    never leak into host code. ``timeout`` bounds the wait (``TimeoutError``; the task goes on); a
+    closed loop raises ``RuntimeError``.
     """
     result: concurrent.futures.Future[T] = concurrent.futures.Future()
 
@@ -119,8 +122,12 @@ def run_on_loop(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -
 
         task.add_done_callback(done)
 
-    loop.call_soon_threadsafe(start, context=contextvars.Context())
-    return result.result()
+    try:
+        loop.call_soon_threadsafe(start, context=contextvars.Context())
+    except RuntimeError:  # the loop is closed: nothing will ever run the coroutine
+        coro.close()
+        raise
+    return result.result(timeout)
 
 
 @runtime_checkable

@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from sandbox import HostCallError
+from sandbox._protocol import run_on_loop
 
 from ._errors import QUOTA_EXCEEDED, refuse
 from ._policy import PolicyGetter
@@ -211,27 +211,7 @@ async def _nothing_to_reset(conn: Any) -> None:
 
 def _wait_on_loop(coro: Coroutine[Any, Any, _T], loop: asyncio.AbstractEventLoop, timeout: float) -> _T:
     """Run ``coro`` on ``loop`` from another thread, in a fresh context; wait at most ``timeout``."""
-    result: concurrent.futures.Future[_T] = concurrent.futures.Future()
-
-    def start() -> None:
-        task = loop.create_task(coro, context=contextvars.Context())
-
-        def done(task: asyncio.Task[_T]) -> None:
-            if task.cancelled():
-                result.cancel()
-            elif (exc := task.exception()) is not None:
-                result.set_exception(exc)
-            else:
-                result.set_result(task.result())
-
-        task.add_done_callback(done)
-
     try:
-        loop.call_soon_threadsafe(start, context=contextvars.Context())
-    except RuntimeError:  # the loop is closed
-        coro.close()
-        raise
-    try:
-        return result.result(timeout)
+        return run_on_loop(coro, loop, timeout)
     except concurrent.futures.CancelledError:
         raise RuntimeError("the kv call was cancelled: the loop closed") from None
