@@ -12,7 +12,9 @@ Two levels of API:
   in-process (the engine's own tests, benchmarks).
 - ``begin_step`` / ``finish_attempt``: for executors whose callbacks run elsewhere (a sandbox):
   the guest asks to begin, runs the callback itself, then reports the result or the error and
-  gets the decision (committed, retry now, failed for good) back.
+  gets the decision (committed, retry now, failed for good) back. ``begin_step`` does no I/O and
+  ``finish_attempt_blocking`` writes through the store from the calling thread, so a sandbox's
+  thread can drive a step without a hop through the event loop (one thread at a time per run).
 
 When a run must stop (a timer, an event, a retry delay, a pause request) the operation raises
 ``Suspend``; the journal remembers why, and the engine trusts the journal, not the executor.
