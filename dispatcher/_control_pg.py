@@ -15,8 +15,10 @@ see ``_bindings/_kv_pg.py``) and the per-tenant creation-rate buckets (``creatio
 
 from __future__ import annotations
 
-import re
 from typing import Any
+
+from engine._postgres_schema import apply_migrations
+from engine._postgres_schema import check_schema_name as check_schema_name  # re-exported for the platform
 
 from ._control import (
     ControlStore,
@@ -116,7 +118,6 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _TENANT_COLS = "id, display_name, status, policy, created_at"
 _TOKEN_COLS = "id, tenant, label, created_at, revoked_at"
 
@@ -141,16 +142,6 @@ class ControlSchemaError(RuntimeError):
     """The database holds a newer control schema than this tenantflow knows."""
 
 
-def check_schema_name(schema: str) -> str:
-    """A plain lower-case identifier only, so it never needs quoting in SQL or ``search_path``."""
-    if not isinstance(schema, str) or _SCHEMA_NAME.fullmatch(schema) is None:
-        raise ValueError(
-            f"PostgreSQL schema name {schema!r} is invalid: use 1 to 63 lower-case letters, digits "
-            "and '_', not starting with a digit"
-        )
-    return schema
-
-
 def import_asyncpg() -> Any:
     """asyncpg, or an ImportError saying how to install it (it is the optional ``postgres`` extra)."""
     try:
@@ -161,31 +152,9 @@ def import_asyncpg() -> Any:
 
 
 async def migrate(conn: Any, schema: str) -> int:
-    """Create ``schema`` if needed and apply the pending migrations; returns the version reached."""
-    async with conn.transaction():
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"tenantflow:migrate:{schema}"
-        )
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        await conn.execute(f"SET LOCAL search_path TO {schema}")
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version (component TEXT NOT NULL, version INTEGER NOT NULL, "
-            "applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (component, version))"
-        )
-        current: int = await conn.fetchval(
-            "SELECT COALESCE(MAX(version), 0) FROM schema_version WHERE component = $1", COMPONENT
-        )
-        if current > SCHEMA_VERSION:
-            raise ControlSchemaError(
-                f"PostgreSQL schema {schema!r} has control schema version {current}, newer than this "
-                f"tenantflow ({SCHEMA_VERSION}); upgrade tenantflow"
-            )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            await conn.execute(MIGRATIONS[version - 1])
-            await conn.execute(
-                "INSERT INTO schema_version (component, version) VALUES ($1, $2)", COMPONENT, version
-            )
-    return SCHEMA_VERSION
+    """Create ``schema`` if needed and apply the control tables' pending migrations (the engine's
+    runner: both components share the schema's ``schema_version`` table)."""
+    return await apply_migrations(conn, schema, COMPONENT, MIGRATIONS, ControlSchemaError)
 
 
 class PostgresControlStore(ControlStore):

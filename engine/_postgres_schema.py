@@ -13,6 +13,7 @@ stored byte for byte as the engine encoded them, never re-serialized the way JSO
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 COMPONENT = "engine"
@@ -123,7 +124,24 @@ def check_schema_name(schema: str) -> str:
 
 
 async def migrate(conn: Any, schema: str) -> int:
-    """Create ``schema`` if needed and apply the pending migrations; returns the version reached."""
+    """Create ``schema`` if needed and apply the engine's pending migrations; returns the version reached."""
+    return await apply_migrations(conn, schema, COMPONENT, MIGRATIONS)
+
+
+async def apply_migrations(
+    conn: Any,
+    schema: str,
+    component: str,
+    migrations: Sequence[str],
+    too_new: Callable[[str], Exception] = RuntimeError,
+) -> int:
+    """Apply ``component``'s pending ``migrations`` (version N is ``migrations[N - 1]``) in ``schema``.
+
+    One runner for every component that shares a schema (the engine here, the dispatcher's control
+    tables): they share the ``schema_version`` table, one row per (component, version). ``too_new``
+    builds the error for a database newer than this code. Returns the version reached.
+    """
+    latest = len(migrations)
     async with conn.transaction():
         # Held until COMMIT; keyed by schema so unrelated schemas migrate independently.
         await conn.execute(
@@ -136,16 +154,16 @@ async def migrate(conn: Any, schema: str) -> int:
             "applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (component, version))"
         )
         current: int = await conn.fetchval(
-            "SELECT COALESCE(MAX(version), 0) FROM schema_version WHERE component = $1", COMPONENT
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version WHERE component = $1", component
         )
-        if current > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"PostgreSQL schema {schema!r} has engine schema version {current}, newer than this "
-                f"tenantflow ({SCHEMA_VERSION}); upgrade tenantflow"
+        if current > latest:
+            raise too_new(
+                f"PostgreSQL schema {schema!r} has {component} schema version {current}, newer than this "
+                f"tenantflow ({latest}); upgrade tenantflow"
             )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            await conn.execute(MIGRATIONS[version - 1])
+        for version in range(current + 1, latest + 1):
+            await conn.execute(migrations[version - 1])
             await conn.execute(
-                "INSERT INTO schema_version (component, version) VALUES ($1, $2)", COMPONENT, version
+                "INSERT INTO schema_version (component, version) VALUES ($1, $2)", component, version
             )
-    return SCHEMA_VERSION
+    return latest
