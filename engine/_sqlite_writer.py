@@ -133,6 +133,18 @@ class SqliteWriter:
         self._queue.put(_CLOSE)
         await asyncio.to_thread(self._thread.join)
         self._conn.close()
+        # A write queued while we closed (it passed ``_check_open`` just before) must not wait forever.
+        late: list[tuple[Op, Waiter]] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _CLOSE:
+                late.append(item)  # type: ignore[arg-type]
+        if late:
+            closed: Result = (False, RuntimeError("the engine store is closed"))
+            _answer(late, [closed] * len(late))
 
     def _check_open(self) -> None:
         if self._closing:
@@ -166,20 +178,7 @@ class SqliteWriter:
         except Exception as exc:  # the connection or the COMMIT failed: every write failed
             log.error("group commit of %d writes failed: %s", len(batch), exc)
             results = [(False, exc)] * len(batch)
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Result]]] = {}
-        for (_, waiter), result in zip(batch, results, strict=True):
-            if isinstance(waiter, _Blocking):
-                waiter.set(result)
-            elif waiter is None:
-                if not result[0] and not isinstance(result[1], StaleRunError):
-                    log.warning("background write failed: %s", result[1])
-            else:
-                by_loop.setdefault(waiter.get_loop(), []).append((waiter, result))
-        for loop, resolved in by_loop.items():
-            # A clean context: the writer thread's context is nobody's business on the loop. A closed
-            # loop (RuntimeError) has nobody waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve, resolved, context=contextvars.Context())
+        _answer(batch, results)
 
     def _write_batch(self, ops: list[Op]) -> list[Result]:
         conn = self._conn
@@ -215,6 +214,24 @@ class SqliteWriter:
                 conn.execute("ROLLBACK")
             raise
         return results
+
+
+def _answer(batch: list[tuple[Op, Waiter]], results: list[Result]) -> None:
+    """Hand each write's result to whoever waits for it (any thread)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Result]]] = {}
+    for (_, waiter), result in zip(batch, results, strict=True):
+        if isinstance(waiter, _Blocking):
+            waiter.set(result)
+        elif waiter is None:
+            if not result[0] and not isinstance(result[1], StaleRunError):
+                log.warning("background write failed: %s", result[1])
+        else:
+            by_loop.setdefault(waiter.get_loop(), []).append((waiter, result))
+    for loop, resolved in by_loop.items():
+        # A clean context: the writer thread's context is nobody's business on the loop. A closed
+        # loop (RuntimeError) has nobody waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve, resolved, context=contextvars.Context())
 
 
 def _write_one(conn: sqlite3.Connection, write: Mergeable) -> Result:
